@@ -1,0 +1,23 @@
+"""quant: MXFP4/NVFP4 fake quantization, model quantization, SRDD profiles and AQN/RIN noise.
+
+This package knows nothing of the RL trainer (`objective`) or the sweep (`sweep`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quant.formats import KNOWN_FORMATS, fake_quantize
+
+_LAZY = {"QuantHandle": "quant.model", "QuantScheme": "quant.model", "quantize_model": "quant.model"}
+
+__all__ = ["KNOWN_FORMATS", "fake_quantize", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    """Import model-level helpers on first use (they pull in more of torch.nn)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'quant' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Command-line subcommands of noisesweep, one module each."""
