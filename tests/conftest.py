@@ -1,0 +1,11 @@
+"""Shared test set-up: quiet, deterministic, CPU-only, no hub access."""
+
+from __future__ import annotations
+
+import os
+
+# Nothing in the suite may reach the Hugging Face hub; fail loudly if something tries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
