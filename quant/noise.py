@@ -1,0 +1,367 @@
+"""AQN/RIN noise: QeRL's staged sigma schedule, per-layer multipliers, and the injector.
+
+The injector adds Gaussian noise to a model for the rollout (and optionally the training) forward
+passes of one optimizer step, and takes it away again bit-exactly:
+
+- site ``"rmsnorm"`` (QeRL's AQN): additive N(0, (sigma*m_l)^2) on the weight of every RMSNorm
+  inside decoder layer l (for Qwen2 ``input_layernorm`` and ``post_attention_layernorm``; any
+  module in the layer whose class name ends in ``RMSNorm``). Scaling a norm weight is row-wise
+  multiplicative noise on the inputs of the q/k/v and gate/up projections. The final ``model.norm``
+  belongs to no layer and gets none.
+- site ``"linear"`` (hypothesis H5): the output of every projection of layer l (for peft LoRA the
+  wrapper, so base and adapter output alike) becomes ``y * (1 + sigma*m_l*eps)`` with one
+  ``eps ~ N(0, 1)`` per output feature, drawn once per step: the output-side analogue of the
+  row-wise multiplicative noise above. Applied by a forward hook that is a no-op while inactive.
+
+Noise is drawn by ``begin_step(step, sigma)`` from a ``torch.Generator`` seeded with
+(seed, step), as standard normals for every layer (so runs that differ only in multipliers share
+their random numbers) scaled by sigma*m_l. It is added to the clean weights each time the noise is
+switched on, never to the previous step's noisy ones, so it cannot accumulate. ``records`` keeps,
+per step, sigma, the multipliers, the std drawn per layer and the std that survived rounding to the
+norm weights' dtype (``std_applied``: in bf16 a sigma of 5e-4 on weights near 1 mostly rounds
+away, which is logged as a warning rather than left silent). Switching it off
+restores the clean weights bit-exactly; an in-place change made while noisy (an optimizer step on
+trainable norms) is carried over to the clean weights.
+
+Usage per optimizer step::
+
+    inj.begin_step(step, sigma_at(step, total, s0, s1, stages))
+    with inj.rollout():   # noisy
+        generate(...)
+    with inj.training():  # clean unless apply_to == "both"
+        loss.backward()
+    optimizer.step()      # outside the contexts
+
+``apply(sigma, step)`` / ``restore()`` / ``active`` are the same machinery without contexts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger("quant.noise")
+
+SITES = ("rmsnorm", "linear")
+APPLY_TO = ("rollout", "both")
+_LAYER_LIST_NAMES = ("layers", "h", "blocks")
+
+
+def sigma_at(step: int, total_steps: int, sigma_start: float, sigma_end: float, num_stages: int) -> float:
+    """QeRL's staged schedule: `num_stages` equal intervals of the real run length.
+
+    k = floor(min(step, total) / (total / num_stages)), capped at num_stages - 1, computed in
+    integers (min(step, total) * num_stages // total) so interval edges never wobble by float
+    rounding. k == 0 -> 0.0 (quantization noise only); k >= 1 ->
+    sigma_start * (sigma_end / sigma_start) ** ((k - 1) / (num_stages - 2)).
+    `total_steps` must be the run's real step count: a run cut short must still reach the last stage.
+    """
+    if num_stages < 3:
+        raise ValueError(f"num_stages must be >= 3 (interval 0 is noise-free), got {num_stages}")
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    for name, value in (("sigma_start", sigma_start), ("sigma_end", sigma_end)):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    if sigma_start == 0 and sigma_end != 0:
+        raise ValueError("sigma_start is 0 but sigma_end is not: a geometric schedule cannot start at 0")
+    k = min(min(step, total_steps) * num_stages // total_steps, num_stages - 1)
+    if k == 0:
+        return 0.0
+    if sigma_start == sigma_end:
+        return float(sigma_start)
+    return float(sigma_start * (sigma_end / sigma_start) ** ((k - 1) / (num_stages - 2)))
+
+
+def layer_multipliers(errors: Sequence[float], zone_layers: set[int] | None, alpha: float) -> list[float]:
+    """m_l = (e_l / mean(e)) ** alpha inside the zones (None = every layer), 0.0 outside.
+
+    The mean runs over all layers, so a zone's multipliers do not depend on which zones are on.
+    """
+    errs = [float(e) for e in errors]
+    if not errs:
+        raise ValueError("layer_multipliers needs at least one per-layer error, got none")
+    bad = [i for i, e in enumerate(errs) if not math.isfinite(e) or e <= 0]
+    if bad:
+        raise ValueError(f"per-layer errors must be finite and > 0; bad layers: {bad}")
+    if not math.isfinite(alpha) or alpha < 0:
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
+    n = len(errs)
+    if zone_layers is not None:
+        outside = sorted(i for i in zone_layers if not 0 <= int(i) < n)
+        if outside:
+            raise ValueError(f"zone layer indices {outside} out of range for {n} layers")
+        zone = {int(i) for i in zone_layers}
+    else:
+        zone = set(range(n))
+    mean = sum(errs) / n
+    return [(e / mean) ** alpha if i in zone else 0.0 for i, e in enumerate(errs)]
+
+
+def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's decoder-layer list (e.g. ``model.layers``), also through a peft wrapper.
+
+    Picks the longest ModuleList named ``layers``/``h``/``blocks``; a model without one is a
+    ValueError.
+    """
+    best: nn.ModuleList | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in _LAYER_LIST_NAMES:
+            if best is None or len(module) > len(best):
+                best = module
+    if best is None or len(best) == 0:
+        raise ValueError(f"cannot find decoder layers (a ModuleList named {'/'.join(_LAYER_LIST_NAMES)}) in {type(model).__name__}")
+    return best
+
+
+def _norms(layer: nn.Module) -> list[nn.Module]:
+    return [m for m in layer.modules() if type(m).__name__.endswith("RMSNorm") and isinstance(getattr(m, "weight", None), torch.Tensor)]
+
+
+def _projections(layer: nn.Module) -> list[nn.Module]:
+    """The layer's linear projections as the model sees them: peft wrappers, not their insides."""
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        tuners: tuple[type, ...] = (BaseTunerLayer,)
+    except ImportError:
+        tuners = ()
+    found: list[nn.Module] = []
+    inside: set[int] = set()
+    for module in layer.modules():
+        if id(module) in inside:
+            continue
+        if tuners and isinstance(module, tuners):
+            found.append(module)
+            inside.update(id(m) for m in module.modules())
+        elif isinstance(module, nn.Linear):
+            found.append(module)
+    return found
+
+
+def _out_features(module: nn.Module) -> int:
+    if isinstance(getattr(module, "out_features", None), int):
+        return module.out_features
+    base = getattr(module, "base_layer", None)
+    if base is not None:
+        return _out_features(base)
+    raise ValueError(f"cannot tell the output size of {type(module).__name__}")
+
+
+def _generator(seed: int, step: int) -> torch.Generator:
+    # A fixed odd-multiplier mix keeps (seed, step) pairs apart for any realistic run.
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step) * 7919 + 12345) % (2**63))
+
+
+class NoiseInjector:
+    """Per-step Gaussian noise on RMSNorm weights or linear outputs; see the module docstring."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        site: str = "rmsnorm",
+        multipliers: Sequence[float],
+        seed: int = 0,
+        apply_to: str = "rollout",
+    ) -> None:
+        if site not in SITES:
+            raise ValueError(f"unknown noise site {site!r}; known sites: {', '.join(SITES)}")
+        if apply_to not in APPLY_TO:
+            raise ValueError(f"unknown noise apply_to {apply_to!r}; expected one of: {', '.join(APPLY_TO)}")
+        layers = find_decoder_layers(model)
+        mults = [float(m) for m in multipliers]
+        if len(mults) != len(layers):
+            raise ValueError(f"got {len(mults)} noise multipliers for {len(layers)} decoder layers")
+        bad = [i for i, m in enumerate(mults) if not math.isfinite(m) or m < 0]
+        if bad:
+            raise ValueError(f"noise multipliers must be finite and >= 0; bad layers: {bad}")
+        self.site, self.apply_to, self.seed = site, apply_to, int(seed)
+        self.multipliers = mults
+        self.records: list[dict[str, Any]] = []
+        self.step: int | None = None
+        self.sigma = 0.0
+        self._active = False
+        self._removed = False
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        # per layer: the targets (norm modules or projections)
+        if site == "rmsnorm":
+            self._targets = [_norms(layer) for layer in layers]
+            if not any(self._targets):
+                raise ValueError(f"no RMSNorm modules found in the decoder layers of {type(model).__name__}")
+        else:
+            self._targets = [_projections(layer) for layer in layers]
+            if not any(self._targets):
+                raise ValueError(f"no linear layers found in the decoder layers of {type(model).__name__}")
+            for layer_targets in self._targets:
+                for module in layer_targets:
+                    self._hooks.append(module.register_forward_hook(self._linear_hook))
+        self._noise: dict[int, torch.Tensor] = {}  # id(module) -> noise (rmsnorm: additive; linear: s*eps)
+        self._clean: dict[int, torch.Tensor] = {}  # rmsnorm: clean weight while active
+        self._noisy: dict[int, torch.Tensor] = {}  # rmsnorm: the noisy weight written while active
+
+    # --- drawing ---------------------------------------------------------------------------
+    def begin_step(self, step: int, sigma: float) -> dict[str, Any]:
+        """Draw this step's noise (from the clean state; switches the noise off first if on)."""
+        self._check_live()
+        if not math.isfinite(sigma) or sigma < 0:
+            raise ValueError(f"noise sigma must be a finite number >= 0, got {sigma}")
+        self.restore()
+        gen = _generator(self.seed, step)
+        self._noise.clear()
+        stds: list[float] = []
+        applied: list[float] = []
+        for layer_targets, m in zip(self._targets, self.multipliers):
+            scale = float(sigma) * m
+            drawn: list[torch.Tensor] = []
+            landed: list[torch.Tensor] = []
+            for module in layer_targets:
+                shape = module.weight.shape if self.site == "rmsnorm" else (_out_features(module),)
+                eps = torch.randn(shape, generator=gen, dtype=torch.float32)
+                if scale > 0:
+                    noise = self._noise[id(module)] = eps * scale
+                    drawn.append(noise.flatten())
+                    if self.site == "rmsnorm":  # what survives rounding to the weight's dtype
+                        w = module.weight.detach().float().cpu()
+                        landed.append(((w + noise).to(module.weight.dtype).float() - w).flatten())
+                    else:
+                        landed.append(noise.flatten())
+            stds.append(float(torch.cat(drawn).std(unbiased=False)) if drawn else 0.0)
+            applied.append(float(torch.cat(landed).std(unbiased=False)) if landed else 0.0)
+        self.step, self.sigma = int(step), float(sigma)
+        record = {
+            "step": int(step),
+            "sigma": float(sigma),
+            "site": self.site,
+            "apply_to": self.apply_to,
+            "multipliers": list(self.multipliers),
+            "std": stds,
+            "std_applied": applied,
+        }
+        self.records.append(record)
+        noisy_layers = sum(1 for s in stds if s > 0)
+        lost = [i for i, (d, a) in enumerate(zip(stds, applied)) if d > 0 and a < 0.5 * d]
+        if lost:
+            log.warning(
+                "noise step=%d: in layers %s less than half the drawn noise survives rounding to the "
+                "norm weights' dtype (sigma too small for it; use fp32 norms)", step, lost,
+            )
+        log.info(
+            "noise step=%d sigma=%.6g site=%s apply_to=%s layers_with_noise=%d/%d multipliers=[%s] std=[%s]",
+            step, sigma, self.site, self.apply_to, noisy_layers, len(stds),
+            " ".join(f"{m:.3g}" for m in self.multipliers), " ".join(f"{s:.3g}" for s in stds),
+        )
+        return record
+
+    # --- switching -------------------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        """True while the noise is applied to the model."""
+        return self._active
+
+    def _activate(self) -> None:
+        if self._active:
+            return
+        if self.step is None:
+            raise RuntimeError("NoiseInjector: call begin_step(step, sigma) before switching the noise on")
+        if self.site == "rmsnorm":
+            with torch.no_grad():
+                for layer_targets in self._targets:
+                    for module in layer_targets:
+                        noise = self._noise.get(id(module))
+                        if noise is None:
+                            continue
+                        w = module.weight
+                        self._clean[id(module)] = w.data.clone()
+                        noisy = (w.data.float() + noise.to(w.device)).to(w.dtype)
+                        w.data.copy_(noisy)
+                        self._noisy[id(module)] = noisy
+        self._active = True
+
+    def _deactivate(self) -> None:
+        if not self._active:
+            return
+        if self.site == "rmsnorm":
+            with torch.no_grad():
+                for layer_targets in self._targets:
+                    for module in layer_targets:
+                        clean = self._clean.pop(id(module), None)
+                        if clean is None:
+                            continue
+                        noisy = self._noisy.pop(id(module))
+                        w = module.weight
+                        changed = w.data != noisy
+                        if bool(changed.any()):  # an update made while noisy is kept
+                            moved = (clean.float() + (w.data.float() - noisy.float())).to(clean.dtype)
+                            clean = torch.where(changed, moved, clean)
+                        w.data.copy_(clean)
+        self._active = False
+
+    def apply(self, sigma: float, step: int) -> None:
+        """Draw this step's noise from the clean state and switch it on (no context manager)."""
+        self.begin_step(step, sigma)
+        self._activate()
+
+    def restore(self) -> None:
+        """Switch the noise off: clean weights back bit-exactly, linear hooks idle."""
+        self._deactivate()
+
+    @contextmanager
+    def rollout(self) -> Iterator[None]:
+        """Noise on for the rollout (generation) forward passes."""
+        self._check_live()
+        was = self._active
+        self._activate()
+        try:
+            yield
+        finally:
+            if not was:
+                self._deactivate()
+
+    @contextmanager
+    def training(self) -> Iterator[None]:
+        """Noise on only if apply_to == "both"; clean weights otherwise (QeRL's default)."""
+        self._check_live()
+        was = self._active
+        if self.apply_to == "both":
+            self._activate()
+        else:
+            self._deactivate()
+        try:
+            yield
+        finally:
+            if was:
+                self._activate()
+            else:
+                self._deactivate()
+
+    def remove(self) -> None:
+        """Clean weights back and hooks gone; the injector cannot be used afterwards."""
+        if self._removed:
+            return
+        self._deactivate()
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        self._removed = True
+
+    def _check_live(self) -> None:
+        if self._removed:
+            raise RuntimeError("this NoiseInjector was removed")
+
+    def _linear_hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        if not self._active or not isinstance(output, torch.Tensor):
+            return None
+        rel = self._noise.get(id(module))
+        if rel is None:
+            return None
+        # y + y*rel, not y*(1+rel): 1 + 5e-4 rounds to 1 in bf16, y*rel keeps its relative precision
+        return output + output * rel.to(device=output.device, dtype=output.dtype)
