@@ -1,0 +1,357 @@
+"""`run_sweep`: the Optuna study driven through Ray Tune, resumable and within budget.
+
+Only this driver process opens the storage (NoisesweepSearch lives here); trials run in Ray
+workers and just report to Tune, so SQLite sees one writer even with max_concurrent > 1.
+Several drivers on one study need PostgreSQL (row locks); they cooperate through the study
+itself: heartbeats mark which RUNNING trials are alive, the ledger is recomputed from trials.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import optuna
+from optuna.trial import TrialState
+
+from objective.result import StopTrial, TrialResult
+from sweep import bridge
+from sweep.budget import Budget, ledger_of
+from sweep.progress import Progress, ProgressCallback
+from sweep.secrets import mask_url
+from sweep.storage import open_storage
+
+# objective_fn(config, report) -> TrialResult; config = suggested params + derived values
+# + bridge.SEED_KEY; report(step, metrics) after each validation.
+ObjectiveFn = Callable[[dict[str, Any], Callable[[int, dict[str, float]], None]], TrialResult]
+
+
+@dataclass
+class PruningPlan:
+    """Scheduler settings: rungs are validation steps; `final_step` is never pruned."""
+
+    enabled: bool = True
+    kind: str = "asha"  # asha | median
+    grace_step: int = 5
+    reduction_factor: float = 2.0
+    final_step: int = 20
+
+
+@dataclass
+class SweepPlan:
+    """Everything run_sweep needs, independent of the study-file format.
+
+    Holds no storage URL: the plan travels to Ray workers inside the trainable.
+    """
+
+    study_name: str
+    space: Callable[[Any], dict[str, Any] | None]  # define-by-run
+    objective_fn: ObjectiveFn
+    metric: str
+    budget: Budget
+    direction: str = "maximize"
+    seed_configs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    pruning: PruningPlan = field(default_factory=PruningPlan)
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int = 1
+    sampler: optuna.samplers.BaseSampler | None = None
+    trial_seed: int = 0
+    study_attrs: dict[str, Any] = field(default_factory=dict)
+    set_torch_threads: bool = True
+
+
+@dataclass
+class SweepSummary:
+    """What happened, for the CLI's closing lines."""
+
+    study_name: str
+    ran_now: list[int]
+    failed_stale: list[int]
+    enqueued: list[str]
+    stop_reason: str | None
+    counts: dict[str, int]
+    best_number: int | None
+    best_value: float | None
+    best_params: dict[str, Any]
+    ledger: dict[str, Any]
+    results_dir: str
+
+
+def _make_trainable(objective_fn: ObjectiveFn, metric: str, set_threads: bool, cpus: float) -> Callable:
+    """The Tune function trainable; it never sees the storage (correction 9)."""
+
+    def trainable(config: dict[str, Any]) -> None:
+        from ray import tune as _tune
+
+        threads = max(int(cpus), 1)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        if set_threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        start = time.monotonic()
+
+        def report(step: int, metrics: dict[str, float]) -> None:
+            value = metrics.get(metric, float("nan"))
+            _tune.report(
+                {
+                    bridge.STEP_KEY: int(step),
+                    bridge.OBJECTIVE_KEY: float(value) if value is not None else float("nan"),
+                    bridge.ELAPSED_KEY: time.monotonic() - start,
+                    bridge.METRICS_KEY: json.dumps(_jsonable(metrics)),
+                }
+            )
+
+        try:
+            result = objective_fn(dict(config), report)
+        except StopTrial as exc:
+            result = TrialResult(status="pruned", reason=str(exc) or "pruned")
+        except Exception as exc:  # noqa: BLE001 - a failed trial is a result, not a crash
+            result = TrialResult(status="failed", reason=f"{type(exc).__name__}: {exc}"[:500])
+        wall = result.wall_time_s if result.wall_time_s else time.monotonic() - start
+        last_metrics = result.history[-1]["metrics"] if result.history else {}
+        final: dict[str, Any] = {
+            bridge.FINAL_KEY: True,
+            bridge.STATUS_KEY: result.status,
+            bridge.OBJECTIVE_KEY: float(result.value) if result.value is not None else float("nan"),
+            bridge.REASON_KEY: result.reason or "",
+            "ns_wall_time_s": float(wall),
+            bridge.ELAPSED_KEY: time.monotonic() - start,
+            bridge.APPLIED_KEY: json.dumps(_jsonable(result.applied)),
+        }
+        if result.step is not None:
+            final[bridge.STEP_KEY] = int(result.step)
+        if last_metrics:
+            final[bridge.METRICS_KEY] = json.dumps(_jsonable(last_metrics))
+        _tune.report(final)
+
+    trainable.__name__ = "noisesweep_trial"
+    return trainable
+
+
+def _trial_name(trial: Any) -> str:
+    """Short names: Ray's default embeds the whole config (28 multipliers) in the path."""
+    return f"trial_{trial.trial_id}"
+
+
+def _jsonable(obj: Any) -> Any:
+    try:
+        return json.loads(json.dumps(obj, default=float))
+    except (TypeError, ValueError):
+        return str(obj)
+
+
+class _FinalStepASHA:
+    """Factory for an ASHA that never stops a trial at/after its final step.
+
+    Tune's ASHA stops a trial once time_attr >= max_t, i.e. at the step-20 report, before the
+    objective's final result arrives; that would turn a finished trial into a 'pruned' one.
+    """
+
+    @staticmethod
+    def build(pruning: PruningPlan, direction: str) -> Any:
+        from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+        class FinalStepASHA(ASHAScheduler):
+            def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+                if result.get(bridge.FINAL_KEY) or result.get(bridge.STEP_KEY, 0) >= pruning.final_step:
+                    return TrialScheduler.CONTINUE
+                return super().on_trial_result(tune_controller, trial, result)
+
+        return FinalStepASHA(
+            time_attr=bridge.STEP_KEY,
+            metric=bridge.OBJECTIVE_KEY,
+            mode="max" if direction == "maximize" else "min",
+            max_t=pruning.final_step,
+            grace_period=pruning.grace_step,
+            reduction_factor=pruning.reduction_factor,
+        )
+
+
+def build_scheduler(pruning: PruningPlan, direction: str) -> tuple[Any, str]:
+    """ASHA or a median rule on the validation steps; FIFO when pruning is off."""
+    from ray.tune.schedulers import FIFOScheduler, MedianStoppingRule, TrialScheduler
+
+    if not pruning.enabled:
+        return FIFOScheduler(), "nothing"
+    if pruning.kind == "asha":
+        return _FinalStepASHA.build(pruning, direction), "ASHA"
+    if pruning.kind == "median":
+
+        class FinalStepMedian(MedianStoppingRule):
+            def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+                if result.get(bridge.FINAL_KEY) or result.get(bridge.STEP_KEY, 0) >= pruning.final_step:
+                    return TrialScheduler.CONTINUE
+                return super().on_trial_result(tune_controller, trial, result)
+
+        return (
+            FinalStepMedian(
+                time_attr=bridge.STEP_KEY,
+                metric=bridge.OBJECTIVE_KEY,
+                mode="max" if direction == "maximize" else "min",
+                grace_period=pruning.grace_step,
+                min_samples_required=3,
+            ),
+            "median rule",
+        )
+    raise ValueError(f"pruning.kind must be asha or median, got {pruning.kind!r}")
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Connect to RAY_ADDRESS when set, else start a quiet local Ray bound to 127.0.0.1."""
+    import ray
+
+    for name in ("ray.tune.analysis.experiment_analysis", "ray.tune.tune", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # verbose=0 then prints no tables
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
+                              "log_to_driver": True, "configure_logging": True}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, _node_ip_address="127.0.0.1", **kwargs)
+
+
+def default_results_dir(study_name: str) -> Path:
+    """Ray's results live in a local folder named after the study, never the storage URL."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study_name)
+    return Path(os.environ.get("NOISESWEEP_RAY_DIR", Path(tempfile.gettempdir()) / "noisesweep-ray")) / safe
+
+
+def run_sweep(
+    plan: SweepPlan,
+    *,
+    storage_url: str,
+    max_trials: int | None = None,
+    results_dir: str | Path | None = None,
+    stream: IO[str] | None = None,
+    heartbeat_interval: int = 10,
+    grace_period: int = 60,
+    summary_every_s: float = 30.0,
+) -> SweepSummary:
+    """Run (or continue) the study until its budget is used; return a summary.
+
+    Resume: trials left RUNNING by a dead driver are failed ("driver died") and re-queued
+    once; then a new Tuner on the same study runs what is left of the budget. `max_trials`
+    (the CLI's --trials) overrides the trial budget.
+    """
+    from ray import tune
+
+    stream = stream if stream is not None else sys.stderr
+    budget = plan.budget
+    if max_trials is not None:
+        budget = Budget(trials=max_trials, compute_hours=budget.compute_hours)
+    storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        storage=storage, study_name=plan.study_name, direction=plan.direction, load_if_exists=True
+    )
+    failed_stale = bridge.fail_stale_trials(study, grace_period_s=grace_period)
+    for key, value in plan.study_attrs.items():
+        study.set_user_attr(key, value)
+    enqueued = bridge.enqueue_seed_configs(study, plan.seed_configs)
+
+    ledger = ledger_of(study.get_trials(deepcopy=False))
+    remaining = budget.remaining_trials(ledger)
+    progress = Progress(
+        total_trials=remaining, direction=plan.direction, stream=stream, summary_every_s=summary_every_s
+    )
+    if failed_stale:
+        progress.note(f"failed {len(failed_stale)} trial(s) left running by a dead driver and re-queued them: {failed_stale}")
+    progress.note(
+        f"study {plan.study_name!r} on {mask_url(storage_url)}: {ledger.trials} counted trial(s), "
+        f"{ledger.compute_hours:.4f} compute-hours spent"
+    )
+    refusal = budget.launch_refusal(ledger)
+    scheduler, scheduler_name = build_scheduler(plan.pruning, plan.direction)
+    searcher = bridge.NoisesweepSearch(
+        plan.space,
+        storage=storage,
+        study_name=plan.study_name,
+        sampler=plan.sampler,
+        direction=plan.direction,
+        final_step=plan.pruning.final_step,
+        budget=budget,
+        cpus_per_trial=plan.cpus_per_trial,
+        gpus_per_trial=plan.gpus_per_trial,
+        trial_seed=plan.trial_seed,
+        scheduler_name=scheduler_name,
+        progress=progress,
+        heartbeat_interval=heartbeat_interval,
+    )
+    out_dir = Path(results_dir) if results_dir else default_results_dir(plan.study_name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if refusal is None:
+            ensure_ray()
+            from ray.tune.search import ConcurrencyLimiter
+
+            trainable = _make_trainable(plan.objective_fn, plan.metric, plan.set_torch_threads, plan.cpus_per_trial)
+            resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
+            tuner = tune.Tuner(
+                tune.with_resources(trainable, resources),
+                tune_config=tune.TuneConfig(
+                    search_alg=ConcurrencyLimiter(searcher, max_concurrent=max(plan.max_concurrent, 1)),
+                    scheduler=scheduler,
+                    num_samples=remaining if remaining is not None else -1,
+                    reuse_actors=False,
+                    trial_name_creator=_trial_name,
+                    trial_dirname_creator=_trial_name,
+                ),
+                run_config=tune.RunConfig(
+                    name=f"run-{int(time.time())}",
+                    storage_path=str(out_dir.resolve()),
+                    verbose=0,
+                    callbacks=[ProgressCallback(progress)],
+                    checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
+                    log_to_file=False,
+                ),
+            )
+            with warnings.catch_warnings():
+                # ask/tell drives the heartbeat ourselves (see bridge.fail_stale_trials)
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                tuner.fit()
+        else:
+            searcher.stop_reason = refusal
+    finally:
+        searcher.close()
+    progress.summary()
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name: sum(1 for t in trials if t.state == s) for s in TrialState}
+    best_number = best_value = None
+    best_params: dict[str, Any] = {}
+    completed = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+    if completed:
+        best = study.best_trial
+        best_number, best_value, best_params = best.number, best.value, dict(best.params)
+    final_ledger = ledger_of(trials).to_attr()
+    study.set_user_attr("ledger", final_ledger)
+    return SweepSummary(
+        study_name=plan.study_name,
+        ran_now=list(searcher.finished_numbers),
+        failed_stale=failed_stale,
+        enqueued=enqueued,
+        stop_reason=searcher.stop_reason,
+        counts=counts,
+        best_number=best_number,
+        best_value=best_value,
+        best_params=best_params,
+        ledger=final_ledger,
+        results_dir=str(out_dir),
+    )
