@@ -266,3 +266,16 @@ def test_bf16_model_works():
     assert not torch.equal(q, ref)
     handle.remove()
     assert all(torch.equal(v, snapshot(model)[k]) for k, v in state.items())
+
+
+def test_qwen25_layout_gives_182_not_364():
+    """28 layers x 7 projections minus layers 0 and 27, wrapped in LoRA: 182 hooks, as the user expects."""
+    cfg = Qwen2Config(vocab_size=32, hidden_size=32, intermediate_size=32, num_hidden_layers=28,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
+    torch.manual_seed(0)
+    model = lora(Qwen2ForCausalLM(cfg))
+    handle = quantize_model(model, QuantScheme.w4a4("mxfp4", exclude=DEFAULT_EXCLUDE + (r"layers\.(0|27)\.",)))
+    assert len(handle) == 182
+    assert sum(len(m._forward_pre_hooks) for m in model.modules()) == 182
+    assert handle.summary().startswith("MXFP4 W4A4 (STE): 182 linear layers quantized")
+    handle.remove()
