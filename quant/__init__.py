@@ -9,7 +9,14 @@ from typing import Any
 
 from quant.formats import KNOWN_FORMATS, fake_quantize
 
-_LAZY = {"QuantHandle": "quant.model", "QuantScheme": "quant.model", "quantize_model": "quant.model"}
+_LAZY = {
+    "QuantHandle": "quant.model",
+    "QuantScheme": "quant.model",
+    "quantize_model": "quant.model",
+    "NoiseInjector": "quant.noise",
+    "sigma_at": "quant.noise",
+    "layer_multipliers": "quant.noise",
+}
 
 __all__ = ["KNOWN_FORMATS", "fake_quantize", *_LAZY]
 
