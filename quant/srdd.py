@@ -425,7 +425,7 @@ def load_profile(path: str | os.PathLike[str]) -> SrddProfile:
 
 
 def _reject_constant(name: str) -> float:
-    raise ValueError(f"non-finite number {name}")
+    raise ValueError(f"non-finite number {name} (metrics must be finite numbers or null)")
 
 
 def _parse(text: str, origin: str) -> SrddProfile:
