@@ -31,18 +31,19 @@ the sweep is gone.
   application installed itself is chained, never replaced.
 - interpreter exit: live groups are killed from threading's pre-join exit hook (so a trial
   running in a non-daemon thread cannot block exit forever), with ``atexit`` as a fallback.
-- parent killed with SIGKILL (e.g. Ray killing the trial actor): on Linux the trainer gets
-  SIGTERM from the kernel (``PR_SET_PDEATHSIG``) when the thread that started it dies. Processes
-  that left the group themselves (``setsid``, daemonised Ray clusters) cannot be reached; Ray
-  workers started by the trainer's own ``ray.init`` fate-share with it.
+- parent killed with SIGKILL (e.g. Ray killing the trial actor): the command runs under a
+  small supervisor (the group leader, ``_SUPERVISOR``) that the kernel signals when the thread
+  that started it dies (Linux ``PR_SET_PDEATHSIG``); it then clears the group the same way.
+  It also clears leftovers of the group as soon as the command exits normally.
+  Processes that left the group themselves (``setsid``, a Ray cluster started with
+  ``ray start``) cannot be reached; Ray workers started by the trainer's own ``ray.init``
+  fate-share with it.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
-import functools
 import math
 import os
 import queue
@@ -293,6 +294,7 @@ def build_overrides(spec: CommandSpec, values: Mapping[str, Any], *, workdir: st
 _REGISTRY_LOCK = threading.RLock()  # re-entrant: the SIGTERM handler runs on the main thread
 _LIVE_GROUPS: dict[int, float] = {}  # pgid -> kill grace seconds
 _HANDLERS_INSTALLED = False
+_SIGNAL_INSTALLED = False
 _EXIT_GRACE_CAP_S = 5.0
 
 
@@ -387,52 +389,122 @@ def _on_sigterm(signum: int, frame: Any, previous: Any) -> None:
 
 def _install_shutdown_hooks() -> None:
     """Once per process: exit hooks, and a SIGTERM handler if SIGTERM has its default action."""
-    global _HANDLERS_INSTALLED
+    global _HANDLERS_INSTALLED, _SIGNAL_INSTALLED
     with _REGISTRY_LOCK:
-        if _HANDLERS_INSTALLED:
-            return
-        _HANDLERS_INSTALLED = True
-    register = getattr(threading, "_register_atexit", None)  # runs before non-daemon threads are joined
-    if register is not None:
-        with contextlib.suppress(RuntimeError):
-            register(kill_all_groups)
-    atexit.register(kill_all_groups)
-    if threading.current_thread() is threading.main_thread():
+        if not _HANDLERS_INSTALLED:
+            _HANDLERS_INSTALLED = True
+            register = getattr(threading, "_register_atexit", None)  # runs before threads are joined
+            if register is not None:
+                with contextlib.suppress(RuntimeError):
+                    register(kill_all_groups)
+            atexit.register(kill_all_groups)
+        if _SIGNAL_INSTALLED or threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        _SIGNAL_INSTALLED = True
         previous = signal.getsignal(signal.SIGTERM)
         if previous in (signal.SIG_DFL, None):
             signal.signal(signal.SIGTERM, lambda s, f: _on_sigterm(s, f, previous))
 
 
-@functools.lru_cache(maxsize=1)
-def _pdeathsig_preexec() -> Any:
-    """A preexec_fn asking Linux to SIGTERM the child when its parent thread dies; None elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return None
+# The group leader of every trial: a tiny Python supervisor between us and the user's command.
+# It asks Linux to SIGTERM it when the thread that started it dies (PR_SET_PDEATHSIG, set in the
+# supervisor itself rather than in a preexec_fn, which is unsafe in threaded callers such as Ray
+# workers), and whenever it stops, by a signal or because the command exited, it clears the rest
+# of its group: SIGTERM, then SIGKILL after the grace period. So even a sweep process killed
+# with SIGKILL takes the trainer and everything the trainer started with it.
+# argv: parent_pid grace_s command...; exit status mirrors the command's.
+_SUPERVISOR = r"""# noisesweep trial supervisor (objective/command.py)
+import ctypes, os, signal, subprocess, sys, time
+parent, grace, argv = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
+me = os.getpid()
+stop = []
+signal.signal(signal.SIGTERM, lambda s, f: stop.append(s))
+signal.signal(signal.SIGHUP, lambda s, f: stop.append(s))
+try:
+    ctypes.CDLL(None).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+except Exception:
+    pass
+if os.getppid() != parent:
+    stop.append(signal.SIGTERM)
+
+def others():
     try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
+        entries = os.listdir("/proc")
+    except OSError:
         return None
-    pr_set_pdeathsig = 1
-    sigterm = int(signal.SIGTERM)
+    out = []
+    for e in entries:
+        if e.isdigit() and int(e) != me:
+            try:
+                with open("/proc/%s/stat" % e, "rb") as fh:
+                    f = fh.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if len(f) > 2 and int(f[2]) == me and f[0] != b"Z":
+                out.append(int(e))
+    return out
 
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, sigterm, 0, 0, 0)
+def clear_group(grace):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        os.killpg(me, signal.SIGTERM)
+    except OSError:
+        pass
+    end = time.monotonic() + grace
+    while time.monotonic() < end:
+        if child is not None:
+            child.poll()
+        left = others()
+        if left is not None and not left:
+            return
+        time.sleep(0.02)
+    left = others()
+    if left is None:
+        os.killpg(me, signal.SIGKILL)
+    for pid in left or []:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
-    return preexec
+child = None
+if not stop:
+    try:
+        child = subprocess.Popen(argv)
+    except OSError as exc:
+        sys.stderr.write("noisesweep: cannot start %r: %s\n" % (argv[0], exc))
+        sys.exit(127)
+rc = None
+while not stop and rc is None:
+    try:
+        rc = child.wait(timeout=0.1)
+    except subprocess.TimeoutExpired:
+        pass
+if stop:
+    clear_group(grace)
+    if child is not None:
+        child.poll()
+    sys.exit(128 + stop[0])
+clear_group(min(grace, 2.0))
+if rc < 0:
+    signal.signal(-rc, signal.SIG_DFL)
+    os.kill(me, -rc)
+    time.sleep(1)
+sys.exit(rc)
+"""
 
 
 @contextlib.contextmanager
 def _child_group(argv: list[str], *, cwd: str | None, env: dict[str, str], grace_s: float) -> Iterator[subprocess.Popen]:
     """Start argv in a new session; whatever happens in the body, kill the group on the way out."""
     proc = subprocess.Popen(
-        argv,
+        [sys.executable, "-c", _SUPERVISOR, str(os.getpid()), repr(float(grace_s)), *argv],
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
-        preexec_fn=_pdeathsig_preexec(),
     )
     pgid = proc.pid  # leader of its own new session and group
     with _REGISTRY_LOCK:
@@ -447,10 +519,6 @@ def _child_group(argv: list[str], *, cwd: str | None, env: dict[str, str], grace
         finally:
             with _REGISTRY_LOCK:
                 _LIVE_GROUPS.pop(pgid, None)
-            for pipe in (proc.stdout, proc.stderr):
-                if pipe is not None:
-                    with contextlib.suppress(OSError):
-                        pipe.close()
 
 
 # --------------------------------------------------------------------------- the trial
@@ -668,8 +736,13 @@ def run_command_trial(
             except _Outcome as exc:
                 outcome = exc
         # The group is dead here; keep what the readers still had for the log.
-        for thread in readers:
+        for thread, pipe in zip(readers, (proc.stdout, proc.stderr)):
             thread.join(timeout=1.0)
+            # A pipe still held by a process that left the group keeps its reader blocked;
+            # closing it under the reader would block us too, so it is left to the daemon thread.
+            if not thread.is_alive() and pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
         while True:
             try:
                 name, line = lines.get_nowait()
