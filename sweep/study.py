@@ -410,12 +410,14 @@ class StudySpec(_Model):
 
 # --------------------------------------------------------------------------- errors as one line
 def _fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
     text = repr(v) if isinstance(v, str) else json.dumps(v, default=str) if isinstance(v, (list, dict)) else str(v)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _error_line(e: dict[str, Any], prefix: tuple[Any, ...] = ()) -> tuple[str, str]:
-    """(key path, message) of one pydantic error, descending into nested ValidationErrors."""
+def _error_line(e: dict[str, Any], prefix: tuple[Any, ...] = ()) -> tuple[str, str, str]:
+    """(key path shown, message, full key path) of one pydantic error, descending into nested ones."""
     loc = tuple(prefix) + tuple(e.get("loc", ()))
     if len(loc) > 1 and loc[0] == "objective" and loc[1] in ("builtin", "command"):
         loc = loc[:1] + loc[2:]  # the discriminated union's tag is not a key the user wrote
@@ -430,33 +432,34 @@ def _error_line(e: dict[str, Any], prefix: tuple[Any, ...] = ()) -> tuple[str, s
     path = ".".join(str(p) for p in loc)
     if typ == "extra_forbidden":
         parent = ".".join(str(p) for p in loc[:-1]) or "top level"
-        return "", f"unknown key {str(loc[-1])!r} at {parent}"
+        return "", f"unknown key {str(loc[-1])!r} at {parent}", path
     if typ == "missing":
-        return path, "missing required key"
+        return path, "missing required key", path
     if typ in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[typ]
         bound = next(iter(ctx.values())) if ctx else "?"
-        return path, f"must be {op} {bound} (got {_fmt_value(got)})"
+        bound = f"{bound:g}" if isinstance(bound, float) else bound
+        return path, f"must be {op} {bound} (got {_fmt_value(got)})", path
     if typ == "union_tag_invalid":
-        return path + (".kind" if path else "kind"), (
-            f"unknown kind {ctx.get('tag')!r} (expected {ctx.get('expected_tags')})"
-        )
+        kind = path + (".kind" if path else "kind")
+        return kind, f"unknown kind {ctx.get('tag')!r} (expected {ctx.get('expected_tags')})", kind
     if typ == "union_tag_not_found":
-        return path + (".kind" if path else "kind"), "missing required key (builtin or command)"
+        kind = path + (".kind" if path else "kind")
+        return kind, "missing required key (builtin or command)", kind
     if typ == "literal_error":
-        return path, f"must be {ctx.get('expected')} (got {_fmt_value(got)})"
+        return path, f"must be {ctx.get('expected')} (got {_fmt_value(got)})", path
     msg = str(e.get("msg", "invalid value")).removeprefix("Value error, ")
     if typ.endswith("_type") or typ.endswith("_parsing"):
         msg = f"{msg} (got {_fmt_value(got)})"
-    return path, msg.splitlines()[0]
+    return path, msg.splitlines()[0], path
 
 
 def format_validation_error(err: ValidationError, *, source: str, overridden: Sequence[str] = ()) -> str:
     """One line: `<file>: <key.path>: <message>` for the first error (+ how many more)."""
     errors = err.errors()
-    path, msg = _error_line(errors[0])
+    path, msg, key = _error_line(errors[0])
     line = f"{source}: {path}: {msg}" if path else f"{source}: {msg}"
-    if any(path == o or path.startswith(o + ".") or o.startswith(path + ".") for o in overridden if path):
+    if key and any(key == o or key.startswith(o + ".") or o.startswith(key + ".") for o in overridden):
         line += " (set by --set)"
     if len(errors) > 1:
         line += f" (and {len(errors) - 1} more)"
