@@ -67,20 +67,28 @@ from objective.verl_log import JsonlFollower, Metrics, parse_console_line, strip
 DEFAULT_METRIC = "val-core/openai/gsm8k/acc/mean@1"
 # The team's fork (seeds: configuration guide, E13 plan): the schedule keys and the multipliers
 # dict. Note the fork also needs trainer.noise_injection.enabled=true and, for the multipliers
-# to be used at all, trainer.noise_injection.use_variable_sigma=true (extra_overrides).
+# to be used at all, ++trainer.noise_injection.use_variable_sigma=true (extra_overrides).
 FORK_PARAM_MAP: dict[str, str] = {
     "sigma_start": "trainer.noise_injection.sigma_start",
     "sigma_end": "trainer.noise_injection.sigma_end",
     "num_stages": "trainer.noise_injection.num_stages",
 }
-FORK_MULTIPLIERS_KEY = "trainer.noise_injection.layer_multipliers"
+# "++" (force-add): the fork's ppo_trainer.yaml may declare `layer_multipliers: {}` or not at all;
+# a plain override fails in both cases under Hydra's struct mode ("Could not override ... Key '0'
+# is not in struct"), "++" works in both (checked with hydra-core 1.3.8). Hydra merges the dict
+# into the default, so every layer is written, zeros included.
+FORK_MULTIPLIERS_KEY = "++trainer.noise_injection.layer_multipliers"
 WORKDIR_PLACEHOLDER = "{workdir}"
 
 # A Hydra override key: optional +/++ (add / force-add), dotted path of names.
 _KEY_RE = re.compile(r"^(?:\+{1,2})?[A-Za-z_][A-Za-z0-9_\-]*(?:\.[A-Za-z0-9_\-]+)*$")
 _PLAIN_STR_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 _HYDRA_KEYWORDS = {"true", "false", "null", "nan", "inf"}
-_ERROR_LINE_RE = re.compile(r"^(?:[A-Za-z_][\w.]*)?(?:Error|Exception|Interrupt|Exit)\b.*")
+# Lines that say why a run died: Python exceptions, and Hydra's override errors (whose last
+# line is the unhelpful "Set the environment variable HYDRA_FULL_ERROR=1 ...").
+_ERROR_LINE_RE = re.compile(
+    r"^(?:(?:[A-Za-z_][\w.]*)?(?:Error|Exception|Interrupt|Exit)\b|Could not (?:override|append|delete|load)\b)"
+)
 _READ_POLL_S = 0.05
 _LINGER_AFTER_EXIT_S = 2.0  # output grace once the main process exited but pipes stay open
 

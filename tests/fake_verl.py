@@ -164,13 +164,30 @@ def parse_value(text: str) -> Any:
     return value
 
 
-def parse_overrides(argv: list[str]) -> dict[str, Any]:
+# The keys of the fork's ppo_trainer.yaml this fake knows (the configuration guide's "current code
+# support": no use_variable_sigma, no layer_multipliers). Like Hydra in struct mode, a plain
+# `key=value` for any other key is an error; `+key` / `++key` add it.
+KNOWN_KEYS = {
+    "trainer.noise_injection.enabled", "trainer.noise_injection.sigma_start",
+    "trainer.noise_injection.sigma_end", "trainer.noise_injection.num_stages",
+    "trainer.noise_injection.target_modules", "trainer.noise_injection.exclude_patterns",
+    "trainer.total_training_steps", "trainer.test_freq", "trainer.val_before_train",
+    "trainer.logger", "data.seed", "actor_rollout_ref.rollout.seed",
+}
+
+
+def parse_overrides(argv: list[str], *, strict: bool = False) -> dict[str, Any]:
     """{dotted key: value} from ``key=value`` / ``+key=value`` / ``++key=value`` arguments."""
     out: dict[str, Any] = {}
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep:
             raise SystemExit(f"Error: could not parse override {arg!r} (expected key=value)")
+        if strict and not key.startswith("+") and key not in KNOWN_KEYS:
+            print(f"Could not override '{key}'.\nTo append to your config use +{arg}\n"
+                  f"Key '{key.rsplit('.', 1)[-1]}' is not in struct\n    full_key: {key}\n    object_type=dict\n\n"
+                  "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.", file=sys.stderr)
+            raise SystemExit(1)
         key = key.lstrip("+")
         if key in out:
             raise SystemExit(f"Error: multiple values for {key}")
@@ -218,7 +235,7 @@ def _metric_line(step: int, metrics: dict[str, Any], style: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    cfg = parse_overrides(argv)
+    cfg = parse_overrides(argv, strict=True)
     pid = os.getpid()
     if cfg.get("fake.pid_file"):
         with open(cfg["fake.pid_file"], "w") as fh:

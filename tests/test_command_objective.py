@@ -43,7 +43,7 @@ def make_spec(*fake: str, **kw) -> CommandSpec:
         param_map=dict(FORK_PARAM_MAP),
         multipliers_key=FORK_MULTIPLIERS_KEY,
         extra_overrides=["trainer.noise_injection.enabled=true",
-                         "trainer.noise_injection.use_variable_sigma=true", *fake],
+                         "++trainer.noise_injection.use_variable_sigma=true", *fake],
         kill_grace_s=1.0,
     )
     fields.update(kw)
@@ -148,7 +148,7 @@ def test_overrides_arrive_exactly(tmp_path: Path, shell: bool) -> None:
     assert got["data.seed"] == got["actor_rollout_ref.rollout.seed"] == 7
     for name, value in TRICKY.items():
         assert got[f"fake.{name}"] == value and type(got[f"fake.{name}"]) is type(value)
-    mults = got[FORK_MULTIPLIERS_KEY]
+    mults = got[FORK_MULTIPLIERS_KEY.lstrip("+")]
     assert list(mults) == list(range(28)) and all(type(k) is int for k in mults)
     assert list(mults.values()) == MULTS  # exact floats, zeros of switched-off layers included
     assert result.applied["multipliers"] == MULTS
@@ -165,7 +165,7 @@ def test_overrides_agree_with_hydra() -> None:
         parsed = parser.parse_override(override)
         key = parsed.key_or_group
         name = next((n for n, k in spec.param_map.items() if k.lstrip("+") == key), None)
-        expected = multipliers_dict(MULTS) if key == FORK_MULTIPLIERS_KEY else values[name]
+        expected = multipliers_dict(MULTS) if key == FORK_MULTIPLIERS_KEY.lstrip("+") else values[name]
         assert parsed.value() == expected, override
 
 
@@ -230,6 +230,13 @@ def test_crash_and_exit_code_reasons() -> None:
     code = run_command_trial(make_spec("+fake.mode=exit", "+fake.exit_code=3"), VALUES)
     assert code.status == "failed"
     assert code.reason == "exit code 3: ValueError: Duplicate device type cpu in backend string"
+
+
+def test_hydra_struct_error_surfaces() -> None:
+    """A plain override of a key the fork's yaml lacks fails like Hydra does, with its message."""
+    result = run_command_trial(make_spec(multipliers_key="trainer.noise_injection.layer_multipliers"), VALUES)
+    assert result.status == "failed" and result.value is None
+    assert result.reason == "exit code 1: Could not override 'trainer.noise_injection.layer_multipliers'."
 
 
 def test_report_error_fails_trial() -> None:
