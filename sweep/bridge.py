@@ -107,10 +107,11 @@ def fail_stale_trials(study: optuna.Study, *, grace_period_s: float) -> list[int
     when it never beat and started longer ago than the grace period. Returns their numbers.
     """
     storage = study._storage
+    rdb = _rdb_of(storage)
     stale_ids: set[int] = set()
-    if isinstance(storage, optuna.storages.RDBStorage) and storage.heartbeat_interval:
-        stale_ids.update(storage._get_stale_trial_ids(study._study_id))
-    beating = _trials_with_heartbeat(storage, study._study_id)
+    if rdb is not None and rdb.heartbeat_interval:
+        stale_ids.update(rdb._get_stale_trial_ids(study._study_id))
+    beating = _trials_with_heartbeat(rdb, study._study_id) if rdb is not None else set()
     now = time.time()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t._trial_id in beating:
@@ -141,9 +142,13 @@ def fail_stale_trials(study: optuna.Study, *, grace_period_s: float) -> list[int
     return [t.number for t in failed]
 
 
-def _trials_with_heartbeat(storage: Any, study_id: int) -> set[int]:
-    if not isinstance(storage, optuna.storages.RDBStorage):
-        return set()
+def _rdb_of(storage: Any) -> optuna.storages.RDBStorage | None:
+    """The RDBStorage behind a study's storage (optuna wraps it in a _CachedStorage)."""
+    storage = getattr(storage, "_backend", storage)
+    return storage if isinstance(storage, optuna.storages.RDBStorage) else None
+
+
+def _trials_with_heartbeat(storage: optuna.storages.RDBStorage, study_id: int) -> set[int]:
     from optuna.storages._rdb import models
 
     with storage.scoped_session() as session:
@@ -229,8 +234,8 @@ class NoisesweepSearch(OptunaSearch):
     # --- liveness -----------------------------------------------------------------------
     def beat(self) -> None:
         """Record a heartbeat for every trial this driver is running."""
-        storage = self.study._storage
-        if not hasattr(storage, "record_heartbeat"):
+        storage = _rdb_of(self.study._storage)
+        if storage is None or not storage.heartbeat_interval:
             return
         with self._lock:
             ids = [self._ot_trials[t]._trial_id for t in self._running if t in self._ot_trials]
@@ -259,9 +264,9 @@ class NoisesweepSearch(OptunaSearch):
             seed = self._trial_seed(ot_trial.number) if callable(self._trial_seed) else int(self._trial_seed)
             ot_trial.set_user_attr("seed", seed)
             ot_trial.set_user_attr(DRIVER_ATTR, self.driver)
-            storage = self.study._storage
-            if hasattr(storage, "record_heartbeat") and getattr(storage, "heartbeat_interval", None):
-                storage.record_heartbeat(ot_trial._trial_id)
+            rdb = _rdb_of(self.study._storage)
+            if rdb is not None and rdb.heartbeat_interval:
+                rdb.record_heartbeat(ot_trial._trial_id)  # first beat at once: never look stale
             self._started[trial_id] = time.time()
             self._running.add(trial_id)
             self.launched += 1

@@ -42,9 +42,15 @@ class PruningPlan:
 
     enabled: bool = True
     kind: str = "asha"  # asha | median
-    grace_step: int = 5
+    rungs: list[int] = field(default_factory=lambda: [5, 10, 15])
+    grace_step: int | None = None  # None: the first rung
     reduction_factor: float = 2.0
     final_step: int = 20
+
+    def milestones(self) -> list[int]:
+        """Rungs ASHA may cut at: validation steps from the grace step, before the final one."""
+        grace = self.grace_step or min(self.rungs, default=self.final_step)
+        return sorted({r for r in self.rungs if grace <= r < self.final_step})
 
 
 @dataclass
@@ -169,14 +175,19 @@ class _FinalStepASHA:
                     return TrialScheduler.CONTINUE
                 return super().on_trial_result(tune_controller, trial, result)
 
-        return FinalStepASHA(
+        milestones = pruning.milestones()
+        scheduler = FinalStepASHA(
             time_attr=bridge.STEP_KEY,
             metric=bridge.OBJECTIVE_KEY,
             mode="max" if direction == "maximize" else "min",
             max_t=pruning.final_step,
-            grace_period=pruning.grace_step,
+            grace_period=min(milestones, default=1),
             reduction_factor=pruning.reduction_factor,
         )
+        # Tune places rungs at grace * rf^k; ours sit at the validation steps instead.
+        for bracket in scheduler._brackets:
+            bracket._rungs = [(m, {}) for m in sorted(milestones, reverse=True)]
+        return scheduler
 
 
 def build_scheduler(pruning: PruningPlan, direction: str) -> tuple[Any, str]:
@@ -200,7 +211,7 @@ def build_scheduler(pruning: PruningPlan, direction: str) -> tuple[Any, str]:
                 time_attr=bridge.STEP_KEY,
                 metric=bridge.OBJECTIVE_KEY,
                 mode="max" if direction == "maximize" else "min",
-                grace_period=pruning.grace_step,
+                grace_period=min(pruning.milestones(), default=pruning.final_step),
                 min_samples_required=3,
             ),
             "median rule",
@@ -354,4 +365,84 @@ def run_sweep(
         best_params=best_params,
         ledger=final_ledger,
         results_dir=str(out_dir),
+    )
+
+
+def _params_of(config: dict[str, Any]) -> dict[str, Any]:
+    from sweep.space import PARAM_NAMES
+
+    return {k: config[k] for k in PARAM_NAMES if k in config}
+
+
+def builtin_objective(space: Any) -> ObjectiveFn:
+    """The built-in trainer as an objective_fn (runs in a Ray worker)."""
+
+    def objective_fn(config: dict[str, Any], report: Callable[[int, dict[str, float]], None]) -> TrialResult:
+        from objective import run_trial
+
+        trial_config = space.to_trial_config(_params_of(config), seed=int(config[bridge.SEED_KEY]))
+        return run_trial(trial_config, report)
+
+    return objective_fn
+
+
+def command_objective(space: Any, command: Any) -> ObjectiveFn:
+    """The user's command (objective.command) as an objective_fn (runs in a Ray worker)."""
+
+    def objective_fn(config: dict[str, Any], report: Callable[[int, dict[str, float]], None]) -> TrialResult:
+        from objective.command import run_command_trial
+
+        values = space.to_command_values(_params_of(config), seed=int(config[bridge.SEED_KEY]))
+        return run_command_trial(command, values, report, timeout_s=getattr(command, "timeout_s", None))
+
+    return objective_fn
+
+
+def plan_from_spec(spec: Any, *, objective_fn: ObjectiveFn | None = None) -> SweepPlan:
+    """Turn a validated StudySpec into a SweepPlan; nothing here holds the storage URL."""
+    from sweep.space import SearchSpace
+    from sweep.study import BuiltinObjective
+
+    safe_spec = spec.model_copy(update={"storage": mask_url(spec.storage)})
+    profile = spec.srdd_profile
+    space = SearchSpace.from_spec(safe_spec, profile)
+    obj = spec.objective
+    is_builtin = isinstance(obj, BuiltinObjective)
+    if objective_fn is None:
+        objective_fn = builtin_objective(space) if is_builtin else command_objective(space, obj.command)
+    val_steps = spec.validation_steps() or []
+    if is_builtin:
+        final_step = int(obj.config.steps.total)
+    else:
+        final_step = max(val_steps) if val_steps else 10**9
+    rungs = spec.rungs() or []
+    p = spec.pruning
+    pruning = PruningPlan(
+        enabled=p.enabled and bool(rungs),
+        kind=p.kind,
+        rungs=rungs,
+        grace_step=p.grace_step,
+        reduction_factor=p.reduction_factor,
+        final_step=final_step,
+    )
+    profile_json = profile.to_json() if hasattr(profile, "to_json") else None
+    attrs: dict[str, Any] = {"noisesweep_spec": spec.to_record()}
+    if profile_json:
+        attrs["srdd_profile"] = json.loads(profile_json)
+    return SweepPlan(
+        study_name=spec.name,
+        space=space.define,
+        objective_fn=objective_fn,
+        metric=spec.metric,
+        budget=Budget(trials=spec.budget.trials, compute_hours=spec.budget.compute_hours),
+        direction="maximize",
+        seed_configs=space.seed_configs(),
+        pruning=pruning,
+        cpus_per_trial=spec.resources.cpus_per_trial,
+        gpus_per_trial=spec.resources.gpus_per_trial,
+        max_concurrent=spec.resources.max_concurrent,
+        sampler=space.make_sampler(spec.sampler.seed),
+        trial_seed=spec.trial_seed,
+        study_attrs=attrs,
+        set_torch_threads=is_builtin,
     )

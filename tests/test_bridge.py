@@ -1,0 +1,264 @@
+"""The OptunaSearch corrections, driven directly through the Searcher API (no Ray needed).
+
+Each test names the DOMAIN.md pitfall it guards; each fails against plain OptunaSearch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from sweep import bridge
+from sweep.budget import Budget
+from sweep.storage import SafeRDBStorage, open_storage
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def space(trial: optuna.Trial) -> dict:
+    x = trial.suggest_float("x", 0.0, 1.0)
+    trial.suggest_categorical("zones", ["all", "high"])
+    return {"sigma_end": x / 100, "multipliers": [0.5, 1.5]}
+
+
+@pytest.fixture
+def storage(tmp_path):
+    return open_storage(f"sqlite:///{tmp_path / 'study.db'}")
+
+
+def make(storage, name="s1", **kw) -> bridge.NoisesweepSearch:
+    return bridge.NoisesweepSearch(
+        space, storage=storage, study_name=name, sampler=optuna.samplers.RandomSampler(seed=0), **kw
+    )
+
+
+def res(step: int, value: float, it: int) -> dict:
+    return {bridge.STEP_KEY: step, bridge.OBJECTIVE_KEY: value, "training_iteration": it,
+            bridge.ELAPSED_KEY: 1.0 * it, bridge.METRICS_KEY: json.dumps({"acc": value})}
+
+
+def final(value: float, status: str = "complete", step: int = 20, reason: str = "") -> dict:
+    return {bridge.FINAL_KEY: True, bridge.STATUS_KEY: status, bridge.OBJECTIVE_KEY: value,
+            bridge.REASON_KEY: reason, bridge.STEP_KEY: step, "ns_wall_time_s": 7200.0,
+            bridge.APPLIED_KEY: '{"multipliers": [0.25, 1.75]}'}
+
+
+def only_trial(searcher) -> optuna.trial.FrozenTrial:
+    trials = searcher.study.get_trials()
+    assert len(trials) == 1
+    return trials[0]
+
+
+def test_storage_object_and_study_name_not_optuna(storage):
+    # pitfall 1: a URL is rejected (OptunaSearch asserts); the study gets its own name.
+    with pytest.raises(TypeError):
+        make("sqlite:///x.db")  # type: ignore[arg-type]
+    s = make(storage, name="my-study")
+    s.suggest("t1")
+    names = optuna.get_all_study_names(storage)
+    assert names == ["my-study"]
+    # plain OptunaSearch without a name writes to "optuna": the default we correct
+    plain = OptunaSearch(space, metric="m", mode="max", storage=storage)
+    plain.suggest("t1")
+    assert "optuna" in optuna.get_all_study_names(storage)
+
+
+def test_intermediate_values_at_training_step(storage):
+    # pitfall 2: OptunaSearch reports at training_iteration (1, 2, 3)
+    s = make(storage)
+    s.suggest("t1")
+    for it, step in enumerate((5, 10, 15, 20), start=1):
+        s.on_trial_result("t1", res(step, 0.1 * it, it))
+    s.on_trial_complete("t1", final(0.4))
+    t = only_trial(s)
+    assert sorted(t.intermediate_values) == [5, 10, 15, 20]
+    assert t.intermediate_values[15] == pytest.approx(0.3)
+
+
+def test_scheduler_stop_is_pruned_not_complete(storage):
+    # pitfall 3: Tune hands the stopping result to on_trial_complete; plain OptunaSearch tells
+    # COMPLETE with the step-5 value, which then beats every real step-20 result.
+    s = make(storage, scheduler_name="ASHA")
+    s.suggest("good")
+    for it, step in enumerate((5, 10, 15, 20), start=1):
+        s.on_trial_result("good", res(step, 0.5, it))
+    s.on_trial_complete("good", final(0.5))
+    s.suggest("cut")
+    s.on_trial_complete("cut", res(5, 0.9, 1))  # stopped by ASHA at its first rung
+    by_state = {t.state: t for t in s.study.get_trials()}
+    pruned = by_state[TrialState.PRUNED]
+    assert pruned.user_attrs["fail_reason"] == "pruned at step 5 by ASHA"
+    assert pruned.user_attrs["last_step"] == 5
+    assert pruned.intermediate_values == {5: 0.9}
+    assert s.study.best_trial.number == by_state[TrialState.COMPLETE].number
+    assert s.study.best_value == 0.5
+
+
+@pytest.mark.parametrize(
+    "outcome, reason",
+    [
+        (final(float("nan")), "final objective is nan (not a finite number)"),
+        (final(float("nan"), status="failed", step=10, reason="TimeoutError: trial ran past 60 s"),
+         "TimeoutError: trial ran past 60 s"),
+    ],
+)
+def test_nan_or_failed_result_is_fail_with_reason(storage, outcome, reason):
+    # pitfall 4: plain OptunaSearch's tell raises on NaN, is swallowed, and the trial stays RUNNING
+    s = make(storage)
+    s.suggest("t1")
+    s.on_trial_result("t1", res(5, 0.3, 1))
+    s.on_trial_complete("t1", outcome)
+    t = only_trial(s)
+    assert t.state == TrialState.FAIL
+    assert t.user_attrs["fail_reason"] == reason
+
+
+def test_crashed_trial_process_is_fail(storage):
+    s = make(storage)
+    s.suggest("t1")
+    s.on_trial_complete("t1", None, error=True)
+    t = only_trial(s)
+    assert t.state == TrialState.FAIL
+    assert "crashed" in t.user_attrs["fail_reason"]
+
+
+def test_plain_optunasearch_leaves_nan_trial_running(storage):
+    # documents the pitfall the test above corrects (if optuna/ray change, revisit the bridge)
+    plain = OptunaSearch(space, metric="m", mode="max", storage=storage, study_name="plain")
+    plain.suggest("t1")
+    plain.on_trial_complete("t1", {"m": float("nan")})
+    assert plain._ot_study.get_trials()[0].state == TrialState.RUNNING
+
+
+def test_user_attrs_written_before_tell(storage):
+    # pitfall 5: after tell, set_user_attr raises; every attr must already be there
+    s = make(storage, cpus_per_trial=2.0, trial_seed=lambda n: 1000 + n)
+    s.suggest("t1")
+    s.on_trial_result("t1", res(5, 0.2, 1))
+    s.on_trial_complete("t1", final(0.4))
+    t = only_trial(s)
+    assert t.state == TrialState.COMPLETE
+    attrs = t.user_attrs
+    assert attrs["wall_time_s"] == 7200.0
+    assert attrs["compute_hours"] == pytest.approx(4.0)  # 2 h x 2 CPUs
+    assert attrs["multipliers"] == [0.25, 1.75]  # the applied ones, not the planned ones
+    assert attrs["sigma_end"] == pytest.approx(t.params["x"] / 100)
+    assert attrs["seed"] == 1000
+    assert attrs["last_step"] == 20
+    assert attrs["metrics"] == {"acc": 0.2}
+    assert s.study.user_attrs["ledger"] == {"compute_hours": 4.0, "trials": 1}
+
+
+def test_seed_configs_enqueued_once_however_often_built(storage):
+    # pitfall 6: points_to_evaluate is enqueued again each time the searcher is built
+    seeds = [("A", {"x": 0.1, "zones": "all"}), ("B", {"x": 0.2, "zones": "high"})]
+    for _ in range(3):
+        s = make(storage)
+        bridge.enqueue_seed_configs(s.study, seeds)
+    study = s.study
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert sorted(t.user_attrs["seed_config"] for t in waiting) == ["A", "B"]
+    assert study.user_attrs["enqueued_seed_configs"] == ["A", "B"]
+    # run them, then add a new seed config: only the new one is enqueued
+    for i in range(2):
+        s.suggest(f"t{i}")
+        s.on_trial_complete(f"t{i}", final(0.3))
+    assert bridge.enqueue_seed_configs(study, seeds + [("C", {"x": 0.3, "zones": "all"})]) == ["C"]
+    names = [t.user_attrs.get("seed_config") for t in study.get_trials()]
+    assert sorted(n for n in names if n) == ["A", "B", "C"]
+    # and plain OptunaSearch duplicates on every build
+    for _ in range(2):
+        OptunaSearch(space, metric="m", mode="max", storage=storage, study_name="dup",
+                     points_to_evaluate=[{"x": 0.1, "zones": "all"}])
+    dup = optuna.load_study(study_name="dup", storage=storage)
+    assert len(dup.get_trials(states=(TrialState.WAITING,))) == 2
+
+
+def test_stale_trials_failed_and_requeued_once(tmp_path):
+    # pitfall 7: resume; a live driver's RUNNING trial (fresh heartbeat) is left alone
+    url = f"sqlite:///{tmp_path / 'hb.db'}"
+    storage = open_storage(url, heartbeat_interval=10, grace_period=30)
+    study = optuna.create_study(storage=storage, study_name="hb", direction="maximize")
+    dead = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # no heartbeat at all
+    dead_params = dict(dead.params)
+    live = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    storage.record_heartbeat(live._trial_id)
+    failed = bridge.fail_stale_trials(study, grace_period_s=0)
+    assert failed == [dead.number]
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[live.number] == TrialState.RUNNING
+    assert states[dead.number] == TrialState.FAIL
+    frozen = study.get_trials()[dead.number]
+    assert frozen.user_attrs["fail_reason"] == "driver died"
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [dead_params]  # enqueued
+    # the live driver then dies too: its last heartbeat ages past the grace period
+    import datetime
+
+    from optuna.storages._rdb import models
+
+    with storage.scoped_session() as session:
+        session.query(models.TrialHeartbeatModel).update({"heartbeat": datetime.datetime(2000, 1, 1)})
+        session.commit()
+    assert bridge.fail_stale_trials(study, grace_period_s=3600) == [live.number]
+    assert bridge.fail_stale_trials(study, grace_period_s=0) == []  # nothing left, no re-queue twice
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 2
+    assert study.user_attrs["requeued_trials"] == [dead.number, live.number]
+
+
+def test_nothing_pickled_holds_the_password(tmp_path, monkeypatch, storage):
+    # pitfall 8: OptunaSearch.save pickles __dict__, storage URL (and password) included
+    secret_url = "postgresql://sweeper:Pl4nted-S3cret@db.example:5432/noise"
+    storage.url = secret_url  # what RDBStorage would pickle for a real PostgreSQL URL
+    s = make(storage)
+    s.suggest("t1")
+    ckpt = tmp_path / "searcher.pkl"
+    s.save(str(ckpt))
+    assert b"Pl4nted-S3cret" not in ckpt.read_bytes()
+    assert b"Pl4nted-S3cret" not in pickle.dumps(s)
+    assert b"Pl4nted-S3cret" not in pickle.dumps(storage)
+    raw = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'raw.db'}")
+    raw.url = secret_url
+    plain = OptunaSearch(space, metric="m", mode="max", storage=raw, study_name="p")
+    plain.save(str(tmp_path / "plain.pkl"))
+    assert b"Pl4nted-S3cret" in (tmp_path / "plain.pkl").read_bytes()  # the pitfall itself
+
+
+def test_safe_storage_unpickles_with_password_from_env(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'env.db'}"
+    storage = open_storage(url)
+    assert isinstance(storage, SafeRDBStorage)
+    monkeypatch.setenv("NOISESWEEP_STORAGE", url)
+    clone = pickle.loads(pickle.dumps(storage))
+    assert clone.url == url
+    optuna.create_study(storage=clone, study_name="ok")
+    assert optuna.get_all_study_names(storage) == ["ok"]
+
+
+def test_nan_intermediate_not_reported_and_trial_fails(storage):
+    # pitfall 10: a NaN at step 10 must not reach the pruner or become a value
+    s = make(storage)
+    s.suggest("t1")
+    s.on_trial_result("t1", res(5, 0.4, 1))
+    s.on_trial_result("t1", res(10, float("nan"), 2))
+    s.on_trial_complete("t1", res(10, float("nan"), 2))  # stopped there
+    t = only_trial(s)
+    assert t.intermediate_values == {5: 0.4}
+    assert t.state == TrialState.FAIL
+    assert t.user_attrs["fail_reason"] == "NaN objective at step 10"
+    assert not any(math.isnan(v) for v in t.intermediate_values.values())
+
+
+def test_budget_stops_suggesting(storage):
+    s = make(storage, budget=Budget(trials=2))
+    for i in range(2):
+        assert s.suggest(f"t{i}") not in (None, Searcher.FINISHED)
+    assert s.suggest("t2") == Searcher.FINISHED  # 0 done + 2 running + 1 > 2
+    assert "trial budget reached" in s.stop_reason
