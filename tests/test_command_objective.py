@@ -202,6 +202,9 @@ def test_jsonl_source_gives_full_precision(tmp_path: Path) -> None:
     assert result.status == "complete", result.reason
     assert seen == [(s, expected_acc(s)) for s in (0, 5, 10, 15, 20)]
     assert result.applied["log_source"] == str(tmp_path / "metrics" / "run.jsonl")
+    relative = run_command_trial(make_spec("trainer.logger=[file]", cwd=str(tmp_path),
+                                           log_source={"jsonl": "rel/m.jsonl"}), VALUES)
+    assert relative.value == result.value and (tmp_path / "rel" / "m.jsonl").is_file()
     console = run_command_trial(make_spec("+fake.value_format=3f"), VALUES)
     assert console.value == round(expected_acc(20), 3) != result.value
 
