@@ -144,7 +144,7 @@ def test_to_command_values_feed_the_fork_overrides() -> None:
     assert values["target_layers"] == list(range(10, 20))
     overrides = build_overrides(spec.objective.command, values)
     assert "trainer.noise_injection.sigma_end=0.0005" in overrides
-    mult = next(o for o in overrides if o.startswith("trainer.noise_injection.layer_multipliers="))
+    mult = next(o for o in overrides if o.startswith("++trainer.noise_injection.layer_multipliers="))
     assert "9:0.0" in mult and "15:1.0" in mult
     with pytest.raises(UserError):
         space.to_trial_config(params, seed=1)

@@ -105,8 +105,8 @@ def test_shipped_verl_command_study_maps_the_fork_keys() -> None:
     spec = load_study(STUDIES / "verl-command-mxfp4-w4a4.yaml")
     cmd = spec.objective.command
     assert cmd.param_map["sigma_start"] == "trainer.noise_injection.sigma_start"
-    assert cmd.multipliers_key == "trainer.noise_injection.layer_multipliers"
-    assert "trainer.noise_injection.use_variable_sigma=true" in cmd.extra_overrides
+    assert cmd.multipliers_key == "++trainer.noise_injection.layer_multipliers"
+    assert "++trainer.noise_injection.use_variable_sigma=true" in cmd.extra_overrides
     assert spec.rungs() == [5, 10, 15]
 
 
