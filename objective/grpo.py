@@ -1,0 +1,58 @@
+"""The loss and advantage math of GRPO and DAPO, on plain tensors (easy to check by hand).
+
+Shapes: `rewards` (groups, samples); per-token tensors (sequences, response_tokens) with a 0/1
+`mask` that is 0 on padding and after EOS.
+"""
+
+from __future__ import annotations
+
+import torch
+
+ADV_EPS = 1e-6  # GRPO: (r - mean) / (std + 1e-6)
+
+
+def group_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """Per-group normalized advantages (r - mean) / (std + eps); std is the unbiased one (torch's)."""
+    mean = rewards.mean(dim=1, keepdim=True)
+    std = rewards.std(dim=1, keepdim=True) if rewards.shape[1] > 1 else torch.zeros_like(mean)
+    return (rewards - mean) / (std + ADV_EPS)
+
+
+def informative_groups(rewards: torch.Tensor) -> torch.Tensor:
+    """DAPO's dynamic sampling: a bool per group, False where every sample got the same reward.
+
+    Such groups have zero advantage everywhere, so they only dilute a token-mean loss.
+    """
+    return (rewards.max(dim=1).values - rewards.min(dim=1).values) > 0
+
+
+def policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    eps_low: float,
+    eps_high: float,
+    token_mean: bool,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The clipped surrogate -min(r*A, clip(r, 1-eps_low, 1+eps_high)*A), aggregated.
+
+    `advantages` is per sequence (broadcast over tokens). `token_mean=True` (DAPO) averages over
+    every response token in the batch, so long answers weigh more; False (GRPO) averages tokens
+    within each sequence, then sequences. No KL term (neither algorithm uses one here).
+    """
+    adv = advantages.unsqueeze(-1).to(logp.dtype)
+    ratio = torch.exp(logp - old_logp)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
+    per_token = -torch.minimum(unclipped, clipped)
+    m = mask.to(logp.dtype)
+    if token_mean:
+        loss = (per_token * m).sum() / m.sum().clamp(min=1.0)
+    else:
+        per_seq = (per_token * m).sum(-1) / m.sum(-1).clamp(min=1.0)
+        loss = per_seq.mean()
+    with torch.no_grad():
+        was_clipped = ((clipped != unclipped) & (m > 0)).float().sum() / m.sum().clamp(min=1.0)
+    return loss, {"clipfrac": float(was_clipped)}
