@@ -1,8 +1,34 @@
 """FP4 formats (E2M1 elements with MX or NV block scales): quantize-dequantize in one call.
 
 Blocks run along the last axis, which is the reduction axis of both a Linear's input and its
-weight (out_features, in_features). Format facts are named constants below; each format has
-one function. This is the plain eager reference; see quant/_fused.py (when present) for speed.
+weight (out_features, in_features). A last axis that is not a multiple of the block length ends
+in a shorter block with its own scale (computed as if zero-padded; zeros never change an amax).
+
+The arithmetic lives in two *kernel* functions (`mx_kernel`, `nv_kernel`) written only with ops
+that are exact or correctly rounded (bit tricks, power-of-two multiplies, `round`, IEEE divide),
+so the same code gives the same bits eagerly and under torch.compile (quant/_fused.py compiles
+exactly these functions). `fake_quantize` picks the compiled path for large tensors.
+
+MXFP4 (OCP MX v1.0): scale 2^(floor(log2(amax)) - 2), exponent taken from the float32 bits,
+clamped to E8M0's [-127, 127]. Equal to torchao 0.18 ``to_mx`` (FLOOR) + ``to_dtype`` on normal
+data. Where torchao departs from the spec we follow the spec:
+  * a block containing +-Inf is NaN (torchao only poisons NaN blocks; an Inf block gets a finite
+    scale there);
+  * blocks with amax < 2^-124 use the E8M0 scale 2^-127 on both sides (torchao divides by
+    2^-126, its float32-normal clamp, but multiplies back by 2^-127, halving the block).
+
+NVFP4: per-tensor float32 scale s = amax / (448 * 6); block scale b = e4m3((amax_b / 6) / s)
+(round half to even, saturating at 448); elements x * ((1 / s) / b) rounded to E2M1; dequantized
+as e2m1 * (s * b). The operation order is torchao's (which matches the MSLK/Triton kernel), so
+results equal torchao's ``nvfp4_quantize`` with ``per_tensor_scale`` bit for bit.
+
+Block-scale lower clamp (decision): we do NOT clamp block scales from below. torchao clamps the
+scaled block scale to 2^-6 (smallest E4M3 normal); TransformerEngine keeps E4M3 subnormals
+(2^-9 .. 2^-7 steps). E4M3 subnormals are valid NVFP4 scale encodings and hardware consumes them,
+so blocks much smaller than the tensor maximum (amax_b < amax / 28672) keep their resolution
+instead of being coarsened; a block whose scale rounds to 0 (amax_b < amax / 1376256 roughly)
+dequantizes to exactly 0. A NaN or Inf anywhere makes the whole tensor NaN (the per-tensor scale
+is poisoned); an all-zero tensor stays zero.
 """
 
 from __future__ import annotations
@@ -15,81 +41,124 @@ MX_BLOCK_SIZE = 32  # OCP MX v1.0 block length
 E8M0_MIN_EXP, E8M0_MAX_EXP = -127, 127  # E8M0 scale range (no zero, no sign)
 NV_BLOCK_SIZE = 16  # NVFP4 block length
 E4M3_MAX = 448.0  # largest float8_e4m3fn magnitude (NVFP4 block scales)
+E4M3_MIN_NORMAL_EXP = -6  # below 2^-6 E4M3 is subnormal with a fixed step 2^-9
+E4M3_MANTISSA_BITS = 3
 F32_MANTISSA_BITS, F32_EXP_BIAS = 23, 127
 
 KNOWN_FORMATS = ("mxfp4", "nvfp4")
+BLOCK_SIZES = {"mxfp4": MX_BLOCK_SIZE, "nvfp4": NV_BLOCK_SIZE}
+_MAGIC_HALF, _MAGIC_ONE, _MAGIC_TWO = 2.0**22, 2.0**23, 2.0**24  # float32 ulp = 0.5, 1, 2
+
+
+def _exp_bits(a: torch.Tensor) -> torch.Tensor:
+    """Biased float32 exponent field (0..255) of a non-negative float32 tensor."""
+    return (a.view(torch.int32) >> F32_MANTISSA_BITS) & 0xFF
+
+
+def _pow2(e: torch.Tensor) -> torch.Tensor:
+    """Exact 2^e (float32) for integer e in [-126, 127], built from the bits (exp2 may be off)."""
+    return ((e + F32_EXP_BIAS) << F32_MANTISSA_BITS).view(torch.float32)
 
 
 def round_to_e2m1(y: torch.Tensor) -> torch.Tensor:
     """Round float32 values (already scaled) to the E2M1 grid, ties to even, saturating at 6.
 
-    The grid is uniform within each binade: step 0.5 below 2, 1 in [2, 4), 2 in [4, 6].
-    torch.round rounds half to even, and an even multiple of the step is an even mantissa.
+    The grid is uniform within each binade: step 0.5 below 2, 1 in [2, 4), 2 in [4, 6]. Adding
+    and subtracting c = 2^23 * step makes the FPU round the magnitude to a multiple of the step
+    with IEEE round-half-to-even (an even multiple of the step is an even E2M1 mantissa); this
+    is 3 ops fewer per element than round(m / step) * step. NaN stays NaN.
     """
     mag = y.abs().clamp(max=E2M1_MAX)
-    step = torch.where(mag < 2.0, 0.5, torch.where(mag < 4.0, 1.0, 2.0))
-    return torch.copysign(torch.round(mag / step) * step, y)
+    c = torch.where(mag < 2.0, _MAGIC_HALF, torch.where(mag < 4.0, _MAGIC_ONE, _MAGIC_TWO))
+    return torch.copysign((mag + c) - c, y)
 
 
-def _blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, int]:
+def round_to_e4m3(v: torch.Tensor) -> torch.Tensor:
+    """Round non-negative float32 to float8_e4m3fn values (ties to even), saturating at 448.
+
+    Arithmetic instead of a float8 cast so Inductor keeps the loop vectorized; tests check it
+    against ``.to(torch.float8_e4m3fn)``. Step 2^(e-3) in binade e, 2^-9 in the subnormal range.
+    """
+    v = v.clamp(max=E4M3_MAX)
+    e = (_exp_bits(v) - F32_EXP_BIAS).clamp(min=E4M3_MIN_NORMAL_EXP) - E4M3_MANTISSA_BITS
+    return torch.round(v * _pow2(-e)) * _pow2(e)
+
+
+def mx_kernel(xb: torch.Tensor) -> torch.Tensor:
+    """MXFP4 quantize-dequantize of float32 blocks (..., 32) -> float32 (the shared kernel)."""
+    amax = xb.abs().amax(dim=-1, keepdim=True)
+    ebits = _exp_bits(amax)
+    exp = (ebits - F32_EXP_BIAS - E2M1_MAX_POW2).clamp(E8M0_MIN_EXP, E8M0_MAX_EXP)
+    # 2^-127 is a float32 subnormal: build it as 2^-126 / 2 (exact); its inverse 2^127 is normal.
+    scale = _pow2(exp.clamp(min=-126)) * torch.where(exp < -126, 0.5, 1.0)
+    q = round_to_e2m1(xb * _pow2(-exp)) * scale
+    # NaN/Inf anywhere in a block poisons the whole block, as the E8M0 NaN scale does.
+    return torch.where(ebits == 0xFF, float("nan"), q)
+
+
+def nv_tensor_scale(amax: torch.Tensor) -> torch.Tensor:
+    """Per-tensor float32 scale amax / (448 * 6), as torchao's per_tensor_amax_to_scale."""
+    return amax / (E4M3_MAX * E2M1_MAX)
+
+
+def nv_block_factors(block_amax: torch.Tensor, amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-block (multiplier into E2M1 units, dequantization scale) for NVFP4.
+
+    amax == 0 gives an all-zero result, a NaN/Inf amax a NaN scale (the whole tensor is NaN);
+    a block scale that rounds to 0 gets multiplier 0 so its elements come out as exactly 0.
+    """
+    s = nv_tensor_scale(amax)
+    safe = torch.where(amax > 0, s, 1.0)
+    b = round_to_e4m3((block_amax / E2M1_MAX) / safe)
+    recip = torch.where(b > 0, (1.0 / safe) / b, 0.0)
+    scale = torch.where(torch.isfinite(amax), safe * b, float("nan"))
+    return recip, scale
+
+
+def nv_apply(xb: torch.Tensor, recip: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Round the blocks to E2M1 with the per-block factors and dequantize (float32)."""
+    return round_to_e2m1(xb * recip) * scale
+
+
+def nv_full(xb: torch.Tensor) -> torch.Tensor:
+    """NVFP4 quantize-dequantize of float32 blocks (..., 16), per-tensor scale included."""
+    block_amax = xb.abs().amax(dim=-1, keepdim=True)
+    recip, scale = nv_block_factors(block_amax, block_amax.amax())
+    return nv_apply(xb, recip, scale)
+
+
+def _blocks(x: torch.Tensor, block: int) -> torch.Tensor:
     """View x (float32) as (..., n_blocks, block), zero-padding a short last block."""
-    n = x.shape[-1]
-    pad = (-n) % block
+    pad = (-x.shape[-1]) % block
     if pad:
         x = torch.nn.functional.pad(x, (0, pad))
-    return x.reshape(*x.shape[:-1], -1, block), n
+    return x.reshape(*x.shape[:-1], -1, block)
 
 
-def _unblock(q: torch.Tensor, n: int) -> torch.Tensor:
-    q = q.reshape(*q.shape[:-2], -1)
-    return q[..., :n]
-
-
-def _floor_log2(a: torch.Tensor) -> torch.Tensor:
-    """floor(log2(a)) for positive float32 taken from the exponent bits (exact, unlike log2)."""
-    bits = a.contiguous().view(torch.int32)
-    return ((bits >> F32_MANTISSA_BITS) & 0xFF) - F32_EXP_BIAS
+def _eager(x: torch.Tensor, fmt: str) -> torch.Tensor:
+    """Eager reference: float32 blocks -> kernel -> original shape and dtype."""
+    n = x.shape[-1]
+    xb = _blocks(x.float(), BLOCK_SIZES[fmt])
+    q = mx_kernel(xb) if fmt == "mxfp4" else nv_full(xb)
+    return q.reshape(*x.shape[:-1], -1)[..., :n].to(x.dtype)
 
 
 def mxfp4_quantize_dequantize(x: torch.Tensor) -> torch.Tensor:
-    """MXFP4: shared scale 2^(floor(log2(amax)) - 2) per 32 values, stored as E8M0."""
-    xb, n = _blocks(x.float(), MX_BLOCK_SIZE)
-    amax = xb.abs().amax(dim=-1, keepdim=True)
-    exp = (_floor_log2(amax) - E2M1_MAX_POW2).clamp(E8M0_MIN_EXP, E8M0_MAX_EXP)
-    scale = torch.exp2(exp.float())
-    q = round_to_e2m1(xb / scale) * scale
-    # NaN/Inf anywhere in a block poisons the whole block, as the E8M0 NaN scale does.
-    q = torch.where(torch.isfinite(amax), q, torch.full_like(q, float("nan")))
-    return _unblock(q, n)
-
-
-def _round_to_e4m3(v: torch.Tensor) -> torch.Tensor:
-    """Round to float8_e4m3fn (ties to even), saturating at 448 instead of overflowing to NaN."""
-    return v.clamp(max=E4M3_MAX).to(torch.float8_e4m3fn).float()
+    """MXFP4 (eager reference): shared scale 2^(floor(log2(amax)) - 2) per 32 values."""
+    return _eager(x, "mxfp4")
 
 
 def nvfp4_quantize_dequantize(x: torch.Tensor) -> torch.Tensor:
-    """NVFP4: FP32 tensor scale amax/(448*6), E4M3 block scales per 16 values, E2M1 elements.
-
-    Block scales are not clamped from below (TransformerEngine's choice): E4M3 subnormals down to
-    2^-9 are kept, a block scale that rounds to 0 makes its block 0.
-    """
-    xf = x.float()
-    tensor_amax = xf.abs().amax()
-    if not torch.isfinite(tensor_amax):
-        return torch.full_like(x, float("nan"))
-    if tensor_amax == 0:
-        return torch.zeros_like(x)
-    s = tensor_amax / (E4M3_MAX * E2M1_MAX)
-    xb, n = _blocks(xf, NV_BLOCK_SIZE)
-    block_amax = xb.abs().amax(dim=-1, keepdim=True)
-    block_scale = _round_to_e4m3((block_amax / E2M1_MAX) / s) * s
-    safe = torch.where(block_scale > 0, block_scale, torch.ones_like(block_scale))
-    q = torch.where(block_scale > 0, round_to_e2m1(xb / safe) * block_scale, torch.zeros_like(xb))
-    return _unblock(q, n)
+    """NVFP4 (eager reference): per-tensor FP32 scale, E4M3 block scales per 16, E2M1 elements."""
+    return _eager(x, "nvfp4")
 
 
-_QUANTIZERS = {"mxfp4": mxfp4_quantize_dequantize, "nvfp4": nvfp4_quantize_dequantize}
+def _forward(x: torch.Tensor, fmt: str) -> torch.Tensor:
+    """Fast path when available (quant/_fused.py decides), else the eager reference."""
+    from quant import _fused
+
+    out = _fused.quantize(x, fmt)
+    return out if out is not None else _eager(x, fmt)
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -97,11 +166,28 @@ class _StraightThrough(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, fmt: str) -> torch.Tensor:  # type: ignore[override]
-        return _QUANTIZERS[fmt](x).to(x.dtype)
+        return _forward(x, fmt)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         return grad, None
+
+
+class _Rounded(torch.autograd.Function):
+    """Forward: fake-quantize. Backward: zero, the derivative of rounding almost everywhere.
+
+    (NVFP4's output also moves with the per-tensor amax through s; that single-element path is
+    dropped on purpose: without STE, W4A4 passes no gradient to the layers below, which is the
+    failure mode the team observed and which this option reproduces.)
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, fmt: str) -> torch.Tensor:  # type: ignore[override]
+        return _forward(x, fmt)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return torch.zeros_like(grad), None
 
 
 def fake_quantize(x: torch.Tensor, fmt: str, *, ste: bool = False) -> torch.Tensor:
@@ -110,8 +196,10 @@ def fake_quantize(x: torch.Tensor, fmt: str, *, ste: bool = False) -> torch.Tens
     With ``ste=True`` the gradient passes straight through (W4A4 training needs this); without
     it the rounding's zero gradient reaches the input.
     """
-    if fmt not in _QUANTIZERS:
+    if fmt not in BLOCK_SIZES:
         raise ValueError(f"unknown quantization format {fmt!r}; known formats: {', '.join(KNOWN_FORMATS)}")
-    if ste:
-        return _StraightThrough.apply(x, fmt)
-    return _QUANTIZERS[fmt](x).to(x.dtype)
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0:
+        raise ValueError(f"fake_quantize needs a floating-point tensor with at least 1 dim, got {type(x).__name__}")
+    if x.requires_grad and torch.is_grad_enabled():
+        return (_StraightThrough if ste else _Rounded).apply(x, fmt)
+    return _forward(x, fmt)
