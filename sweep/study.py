@@ -55,6 +55,15 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _Nested(ValueError):
+    """A validator's error deeper in the data: `loc` below the field, then a ValidationError or text."""
+
+    def __init__(self, loc: tuple[Any, ...], error: ValidationError | str) -> None:
+        super().__init__(str(error).splitlines()[0])
+        self.loc = loc
+        self.error = error
+
+
 # --------------------------------------------------------------------------- the search space
 class LogRange(_Model):
     """A positive float range searched on a log scale; low < high."""
@@ -119,6 +128,13 @@ class SpaceSpec(_Model):
     zones: Literal["auto"] | list[str] = "auto"
     alpha: AlphaRange = Field(default_factory=lambda: AlphaRange(low=0.0, high=2.0))
     site: list[Literal["rmsnorm", "linear"]] = Field(default_factory=lambda: ["rmsnorm"])
+
+    @field_validator("zones", mode="before")
+    @classmethod
+    def _zones_shape(cls, v: Any) -> Any:
+        if isinstance(v, str) and v != "auto":
+            raise ValueError(f"must be 'auto' or a list of zone choices such as [all, high] (got {v!r})")
+        return v
 
     @field_validator("zones")
     @classmethod
@@ -294,7 +310,10 @@ class CommandObjective(_Model):
             raise ValueError(f"the command objective is unavailable ({exc})") from None
         if isinstance(v, CommandSpec):
             return v
-        return CommandSpec.model_validate(v)
+        try:
+            return CommandSpec.model_validate(v)
+        except ValidationError as err:
+            raise _Nested((), err) from None
 
 
 Objective = Annotated[BuiltinObjective | CommandObjective, Discriminator("kind")]
@@ -328,22 +347,31 @@ class StudySpec(_Model):
             )
         return v
 
-    @field_validator("seed_configs")
+    @field_validator("seed_configs", mode="before")
     @classmethod
     def _seeds(cls, v: Any) -> Any:
-        if isinstance(v, list):
-            names = []
-            for item in v:
-                if isinstance(item, str):
-                    if item not in DEFAULT_SEED_NAMES:
-                        raise ValueError(f"unknown seed config {item!r} (known: {', '.join(DEFAULT_SEED_NAMES)})")
-                    names.append(item)
-                else:
-                    names.append(item.name)
-            dup = sorted({n for n in names if names.count(n) > 1})
-            if dup:
-                raise ValueError(f"duplicate seed config names {dup}")
-        return v
+        if v == "default":
+            return v
+        if not isinstance(v, list):
+            raise ValueError(f"must be 'default' or a list of seed configs / seed config names (got {_fmt_value(v)})")
+        out: list[str | SeedConfig] = []
+        for i, item in enumerate(v):
+            if isinstance(item, str):
+                if item not in DEFAULT_SEED_NAMES:
+                    raise ValueError(f"unknown seed config {item!r} (known: {', '.join(DEFAULT_SEED_NAMES)})")
+                out.append(item)
+            elif isinstance(item, (dict, SeedConfig)):
+                try:
+                    out.append(SeedConfig.model_validate(item))
+                except ValidationError as err:
+                    raise _Nested((i,), err) from None
+            else:
+                raise _Nested((i,), f"expected a seed config mapping or a name (got {_fmt_value(item)})")
+        names = [s if isinstance(s, str) else s.name for s in out]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate seed config names {dup}")
+        return out
 
     # ---- derived views the runner and the commands use
     @property
@@ -419,12 +447,17 @@ def _fmt_value(v: Any) -> str:
 def _error_line(e: dict[str, Any], prefix: tuple[Any, ...] = ()) -> tuple[str, str, str]:
     """(key path shown, message, full key path) of one pydantic error, descending into nested ones."""
     loc = tuple(prefix) + tuple(e.get("loc", ()))
-    if len(loc) > 1 and loc[0] == "objective" and loc[1] in ("builtin", "command"):
+    if not prefix and len(loc) > 1 and loc[0] == "objective" and loc[1] in ("builtin", "command"):
         loc = loc[:1] + loc[2:]  # the discriminated union's tag is not a key the user wrote
     ctx = e.get("ctx") or {}
     inner = ctx.get("error")
+    if isinstance(inner, _Nested):
+        if isinstance(inner.error, ValidationError):
+            return _error_line(_first(inner.error.errors()), loc + inner.loc)
+        path = ".".join(str(p) for p in loc + inner.loc)
+        return path, inner.error, path
     if isinstance(inner, ValidationError):
-        return _error_line(inner.errors()[0], loc)
+        return _error_line(_first(inner.errors()), loc)
     typ = e.get("type", "")
     got = e.get("input")
     # drop tags pydantic adds for unions: 'str', 'list[...]', 'literal[...]', 'function-after[...]'
@@ -448,16 +481,23 @@ def _error_line(e: dict[str, Any], prefix: tuple[Any, ...] = ()) -> tuple[str, s
         return kind, "missing required key (builtin or command)", kind
     if typ == "literal_error":
         return path, f"must be {ctx.get('expected')} (got {_fmt_value(got)})", path
+    if typ == "string_pattern_mismatch":
+        return path, f"must match {ctx.get('pattern')} (got {_fmt_value(got)})", path
     msg = str(e.get("msg", "invalid value")).removeprefix("Value error, ")
     if typ.endswith("_type") or typ.endswith("_parsing"):
         msg = f"{msg} (got {_fmt_value(got)})"
     return path, msg.splitlines()[0], path
 
 
+def _first(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """The error to show: an unknown key first (a typo explains the 'missing' error beside it)."""
+    return next((e for e in errors if e.get("type") == "extra_forbidden"), errors[0])
+
+
 def format_validation_error(err: ValidationError, *, source: str, overridden: Sequence[str] = ()) -> str:
     """One line: `<file>: <key.path>: <message>` for the first error (+ how many more)."""
     errors = err.errors()
-    path, msg, key = _error_line(errors[0])
+    path, msg, key = _error_line(_first(errors))
     line = f"{source}: {path}: {msg}" if path else f"{source}: {msg}"
     if key and any(key == o or key.startswith(o + ".") or o.startswith(key + ".") for o in overridden):
         line += " (set by --set)"

@@ -44,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "trial",
         help="run one trial of a study (or an exported trainer config) and print its result as JSON",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        description="\n\n".join(__doc__.split("\n\n")[1:]) if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("study", metavar="STUDY.yaml", help="a study file or a trainer config from `export --format yaml`")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -191,7 +192,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_builtin(config: Any, metric: str) -> Any:
-    import objective
+    try:
+        from objective import run_trial
+    except ImportError:  # an editable install made before objective/__init__.py existed maps a namespace
+        from objective.trainer import run_trial
 
     print(
         f"noisesweep trial: {config.model.path} {config.task.name} {config.quant.format} {config.quant.mode}, "
@@ -200,4 +204,4 @@ def _run_builtin(config: Any, metric: str) -> Any:
         file=sys.stderr,
         flush=True,
     )
-    return objective.run_trial(config, _Progress(metric))
+    return run_trial(config, _Progress(metric))
