@@ -599,7 +599,42 @@ def build_study(
     except ProfileError as exc:
         raise UserError(f"{source}: profile: {exc}") from None
     check_profile(spec, spec._profile, source=source)
+    from sweep.space import SearchSpace
+
+    try:  # zones choices, seed configs and the prior's center must fit the profile too
+        SearchSpace.from_spec(spec, spec._profile).prior_params()
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
     return spec
+
+
+def preflight(spec: StudySpec) -> None:
+    """Check the paths a trial will open (model, data, command folder) before a sweep starts.
+
+    Kept out of `load_study` so a study for another machine (the GPU study's placeholder model
+    path) can still be loaded, inspected and exported here. UserError naming the key when missing.
+    """
+    source = str(spec.source_path or spec.name)
+    obj = spec.objective
+    if isinstance(obj, BuiltinObjective):
+        try:
+            check_trial_paths(obj.config)
+        except UserError as exc:
+            raise UserError(f"{source}: objective.config.{exc}") from None
+    else:
+        cwd = getattr(obj.command, "cwd", None)
+        if cwd and not Path(cwd).expanduser().is_dir():
+            raise UserError(f"{source}: objective.command.cwd: no such folder {cwd}")
+
+
+def check_trial_paths(config: TrialConfig) -> None:
+    """model.path and the task files of a trainer config exist (UserError `key: problem`)."""
+    if config.model.path != "tiny" and not Path(config.model.path).expanduser().is_dir():
+        raise UserError(f"model.path: no such model folder {config.model.path} (a local Hugging Face directory)")
+    for key in ("train_path", "val_path"):
+        value = getattr(config.task, key)
+        if value and not Path(value).expanduser().is_file():
+            raise UserError(f"task.{key}: no such file {value}")
 
 
 def load_study(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> StudySpec:

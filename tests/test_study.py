@@ -17,6 +17,7 @@ from sweep.study import (
     TRAINER_CONFIG_MARKER,
     BuiltinObjective,
     load_study,
+    preflight,
     parse_trainer_config,
     resolve_storage,
     trainer_config_document,
@@ -275,3 +276,30 @@ def test_load_study_refuses_a_trainer_config(tmp_path: Path) -> None:
     p.write_text(yaml.safe_dump(trainer_config_document(TrialConfig())))
     with pytest.raises(UserError, match="trainer config"):
         load_study(p)
+
+
+def test_preflight_names_missing_model_and_data_paths(tmp_path: Path, tiny_profile: Path) -> None:
+    spec = load_study(STUDIES / "qwen2.5-1.5b-mxfp4-w4a4.yaml")  # loads here: paths are placeholders
+    with pytest.raises(UserError, match=r"objective.config.model.path: no such model folder /models/Qwen2.5"):
+        preflight(spec)
+    model = tmp_path / "m"
+    model.mkdir()
+    spec = load_study(STUDIES / "qwen2.5-1.5b-mxfp4-w4a4.yaml", [f"objective.config.model.path={model}"])
+    with pytest.raises(UserError, match=r"objective.config.task.train_path: no such file /data/gsm8k/train.parquet"):
+        preflight(spec)
+    spec = load_study(STUDIES / "verl-command-mxfp4-w4a4.yaml")
+    with pytest.raises(UserError, match=r"objective.command.cwd: no such folder"):
+        preflight(spec)
+    tiny = load_study(write_study(tmp_path, tiny_profile))
+    assert preflight(tiny) is None  # `tiny` is the shipped checkpoint, no path to check
+
+
+def test_prior_override_outside_the_choices_fails_at_load(tmp_path: Path, tiny_profile: Path) -> None:
+    path = write_study(tmp_path, tiny_profile)
+    with pytest.raises(UserError, match=r"sampler.prior.zones: 'middle' is not among"):
+        load_study(path, ["sampler.prior={zones: middle}"])
+    spec = load_study(path, ["sampler.prior={sigma_start: 0.02, alpha: 0.5}"])
+    from sweep.space import SearchSpace
+
+    center = SearchSpace.from_spec(spec).prior_params()
+    assert (center["sigma_start"], center["alpha"]) == (0.02, 0.5)

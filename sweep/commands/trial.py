@@ -192,6 +192,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_builtin(config: Any, metric: str) -> Any:
+    from sweep.study import check_trial_paths
+
+    check_trial_paths(config)  # a wrong path is a one-line error, not a failed trial
     try:
         from objective import run_trial
     except ImportError:  # an editable install made before objective/__init__.py existed maps a namespace
