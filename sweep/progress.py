@@ -119,4 +119,9 @@ class ProgressCallback(Callback):
         self.progress = progress
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        self.progress.tick()
+        if self.progress is not None:
+            self.progress.tick()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles callbacks into its experiment state; a console stream can't be."""
+        return {"progress": None}

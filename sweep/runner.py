@@ -268,7 +268,9 @@ def run_sweep(
     budget = plan.budget
     if max_trials is not None:
         budget = Budget(trials=max_trials, compute_hours=budget.compute_hours)
-    storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
+    with warnings.catch_warnings():  # heartbeat_interval is "experimental" in optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         storage=storage, study_name=plan.study_name, direction=plan.direction, load_if_exists=True

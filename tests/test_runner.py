@@ -184,3 +184,54 @@ def test_compute_budget_stops_before_projected_spend_passes(ray_local, tmp_path)
     assert "projected 0.4000" in summary.stop_reason
     study = optuna.load_study(study_name="budget", storage=url)
     assert study.user_attrs["ledger"] == {"compute_hours": 0.3, "trials": 3}
+
+
+def fast_command_objective(space, command):
+    """Stands in for the user's verl command: a curve in sigma_start, at steps 5..20."""
+
+    def objective(config: dict, report) -> TrialResult:
+        s = float(config["sigma_start"])
+        value = 0.0
+        for step in STEPS:
+            value = (1.0 - abs(s - 0.05)) * step / 20
+            report(step, {"val-core/openai/gsm8k/acc/mean@1": value})
+        return TrialResult(status="complete", value=value, step=20, wall_time_s=1.0)
+
+    return objective
+
+
+def test_run_and_status_commands(ray_local, tmp_path, monkeypatch, capsys):
+    from sweep.cli import main
+
+    monkeypatch.setattr(runner, "command_objective", fast_command_objective)
+    monkeypatch.delenv("NOISESWEEP_STORAGE", raising=False)
+    db = tmp_path / "cli.db"
+    url = f"sqlite:///{db}"
+    study = "studies/verl-command-mxfp4-w4a4.yaml"
+    cpu = ["--set", "resources.gpus_per_trial=0", "--set", "resources.cpus_per_trial=1",
+           "--set", "seed_configs=[E13i-baseline, E13i-targeted]"]
+    # bad input: one line, exit 2, nothing written
+    assert main(["run", study, "--storage", url, "--set", "budget.trials=zero"]) == 2
+    assert main(["run", study, "--storage", url, "--trials", "0"]) == 2
+    assert main(["run", study, "--storage", "postgresql://u:Zz9-secret@127.0.0.1:1/x"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 3 and "Zz9-secret" not in err
+    assert not db.exists()
+    # a real run, then a second one that continues the same study
+    assert main(["run", study, "--storage", url, "--trials", "2", *cpu]) == 0
+    out = capsys.readouterr().out
+    assert "best: trial" in out and '"sigma_start": 0.05' in out  # E13i-baseline is the optimum here
+    assert f"noisesweep export {study} --format verl" in out and "noisesweep dashboard" in out
+    assert main(["run", study, "--storage", url, "--trials", "3", *cpu]) == 0
+    s = optuna.load_study(study_name="verl-command-mxfp4-w4a4", storage=url)
+    trials = s.get_trials()
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 3
+    assert sorted(t.user_attrs["seed_config"] for t in trials if "seed_config" in t.user_attrs) == [
+        "E13i-baseline", "E13i-targeted"]
+    assert s.user_attrs["noisesweep_spec"]["name"] == "verl-command-mxfp4-w4a4"
+    assert "srdd_profile" in s.user_attrs
+    capsys.readouterr()
+    assert main(["status", "--storage", url]) == 0
+    table = capsys.readouterr().out
+    assert "verl-command-mxfp4-w4a4" in table and "3/24 trials" in table
+    assert main(["status", "--storage", url, "nope"]) == 2

@@ -1,0 +1,89 @@
+"""`noisesweep run STUDY.yaml [--storage URL] [--trials N] [--set key=value ...]`.
+
+Runs (or continues) the study through Ray Tune with a live progress display on stderr.
+Everything is validated first (study file, profile, overrides, storage reachable): bad input
+writes nothing to the study. Running it again continues the same study; trials a killed
+driver left RUNNING are failed and re-queued. Ends with the best config and the commands to
+inspect and export it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from sweep.errors import UserError
+from sweep.secrets import mask_url
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "run", help="run or continue a study (Ray Tune + Optuna) within its budget",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    p.add_argument("study", metavar="STUDY.yaml", help="the study file")
+    p.add_argument("--storage", metavar="URL",
+                   help="storage URL (default: $NOISESWEEP_STORAGE, else the study file's)")
+    p.add_argument("--trials", type=int, metavar="N",
+                   help="counted trials the study should reach (overrides budget.trials)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a study-file value, e.g. --set budget.trials=8 (repeatable)")
+    p.set_defaults(func=run)
+
+
+def prepare(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    """Validate everything before Ray starts or the study is touched: (spec, plan, url)."""
+    from sweep.runner import plan_from_spec
+    from sweep.storage import check_reachable
+    from sweep.study import load_study, resolve_storage
+
+    if args.trials is not None and args.trials < 1:
+        raise UserError(f"--trials must be >= 1, got {args.trials}")
+    spec = load_study(args.study, args.overrides)
+    url = resolve_storage(spec, args.storage)
+    check_reachable(url)
+    plan = plan_from_spec(spec)
+    return spec, plan, url
+
+
+def run(args: argparse.Namespace) -> int:
+    from sweep.runner import run_sweep
+
+    spec, plan, url = prepare(args)
+    summary = run_sweep(plan, storage_url=url, max_trials=args.trials)
+    print(closing_text(summary, spec, url, args))
+    return 0
+
+
+def closing_text(summary: Any, spec: Any, url: str, args: argparse.Namespace) -> str:
+    """The best config and where to go next."""
+    c = summary.counts
+    lines = [
+        f"study {summary.study_name} ({mask_url(url)}): {c.get('COMPLETE', 0)} complete, "
+        f"{c.get('PRUNED', 0)} pruned, {c.get('FAIL', 0)} failed; "
+        f"spent {summary.ledger['compute_hours']:.3f} compute-hours",
+    ]
+    if summary.stop_reason:
+        lines.append(f"stopped launching: {summary.stop_reason}")
+    if summary.best_number is None:
+        lines.append("no trial completed yet: nothing to report as best")
+    else:
+        lines.append(f"best: trial {summary.best_number}, {spec.metric} = {summary.best_value:.4f}")
+        lines.append("  " + json.dumps(summary.best_params, sort_keys=True))
+        lines.append("  (one seed: confirm it on fresh seeds with "
+                     f"`noisesweep confirm {args.study}`)")
+    storage_flag = f" --storage '{mask_url(args.storage)}'" if args.storage else ""
+    study_arg = args.study
+    lines += [
+        "next:",
+        f"  noisesweep best {study_arg}{storage_flag}",
+        f"  noisesweep export {study_arg} --format verl{storage_flag}",
+        f"  noisesweep dashboard{storage_flag}",
+        f"  noisesweep report {study_arg} -o reports/{summary.study_name}{storage_flag}",
+        f"  noisesweep status{storage_flag}",
+    ]
+    return "\n".join(lines)
+
+
