@@ -1,0 +1,130 @@
+"""`noisesweep report`: every PNG written, and H1-H5 verdicts that follow from planted data."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from optuna.trial import TrialState
+from test_export import PLANTED, STUDY, conf_entry, make_study
+
+from sweep.cli import main
+from sweep.export import open_record
+from sweep.hypotheses import INCONCLUSIVE, Hypothesis, Side, analyze, decide
+from sweep.report import PLOTS
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _verdicts(md: str) -> dict[str, str]:
+    return dict(re.findall(r"^- \*\*(H\d): ([^*]+)\*\*", md, flags=re.M))
+
+
+def _assert_pngs(out):
+    for name in PLOTS:
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5000, name
+
+
+def test_report_writes_all_plots_and_answers_the_hypotheses(tmp_path, capsys):
+    confs = {"2": conf_entry([0.54, 0.55, 0.56], PLANTED[2][1]), "1": conf_entry([0.57, 0.58, 0.59], PLANTED[1][1])}
+    url, _, _ = make_study(tmp_path, confirmations=confs)
+    out = tmp_path / "report"
+    assert main(["report", STUDY, "--storage", url, "-o", str(out)]) == 0
+    _assert_pngs(out)
+    md = (out / "summary.md").read_text()
+    for name in PLOTS:
+        assert f"]({name})" in md
+    assert "| COMPLETE | 6 |" in md and "| PRUNED | 1 |" in md and "| FAIL | 1 |" in md
+    assert "Budget ledger: 7 counted trials" in md
+    assert "Trial 1 (E13i-targeted), chosen by confirmed mean" in md
+    v = _verdicts(md)
+    # targeted (confirmed 0.58, noise sd 0.01) vs global (best 0.45): far outside the noise
+    assert v["H1"] == "targeted better"
+    # worst zone only: E13i-high (0.08, confirmed 0.55) vs E13i-low (0.03, 0.50)
+    assert v["H2"] == "more noise better"
+    # variable best 0.58 (trial 7) vs uniform confirmed 0.58: a tie
+    assert v["H3"] == INCONCLUSIVE and v["H4"] == INCONCLUSIVE
+    # no linear-site trial at all
+    assert v["H5"] == INCONCLUSIVE and "no COMPLETE trial on the linear side" in md
+    assert "trial 3 (E13i-low): 0.5000, unconfirmed" in md
+    assert url not in capsys.readouterr().out  # nothing on stdout
+
+
+def test_without_confirmations_no_verdict_is_claimed(tmp_path):
+    url, _, _ = make_study(tmp_path)
+    out = tmp_path / "r"
+    assert main(["report", STUDY, "--storage", url, "-o", str(out)]) == 0
+    v = _verdicts((out / "summary.md").read_text())
+    assert set(v.values()) == {INCONCLUSIVE} and len(v) == 5
+    assert "no run-to-run noise estimate" in (out / "summary.md").read_text()
+
+
+def test_verdicts_flip_with_the_data_and_h5_sees_linear_trials(tmp_path):
+    site = dict(site="linear")
+    planted = [
+        ("E13i-baseline", {**PLANTED[0][1], "site": "rmsnorm"}, TrialState.COMPLETE, 0.70, [0.7]),
+        ("E13i-targeted", {**PLANTED[1][1], "site": "rmsnorm"}, TrialState.COMPLETE, 0.50, [0.5]),
+        (None, {**PLANTED[1][1], **site}, TrialState.COMPLETE, 0.30, [0.3]),
+    ]
+    confs = {"0": conf_entry([0.69, 0.70, 0.71], planted[0][1])}
+    url, _, _ = make_study(tmp_path, planted=planted, confirmations=confs, sites=["rmsnorm", "linear"])
+    hs = {h.key: h for h in _analyze(url)}
+    assert hs["H1"].verdict_text == "global better"
+    assert hs["H5"].verdict_text == "rmsnorm better" and hs["H5"].b.n == 1
+
+
+def _analyze(url):
+    from sweep.report import analyze_record
+
+    return analyze_record(open_record(STUDY, url))
+
+
+def test_overlapping_confidence_intervals_are_inconclusive():
+    class T:  # the fields analyze/decide read
+        def __init__(self, n, v):
+            self.number, self.value, self.user_attrs = n, v, {}
+
+    a, b = Side("a", [T(0, 0.6)]), Side("b", [T(1, 0.5)])
+    confs = {"0": {"mean": 0.60, "ci_low": 0.50, "ci_high": 0.70, "values": [0.5, 0.6, 0.7]},
+             "1": {"mean": 0.55, "ci_low": 0.52, "ci_high": 0.58, "values": [0.52, 0.55, 0.58]}}
+    for side in (a, b):
+        from sweep.hypotheses import _fill
+
+        _fill(side, confs, True)
+    h = Hypothesis("Hx", "?", a, b)
+    decide(h, confs, True)
+    assert h.verdict == INCONCLUSIVE and "overlap" in h.reason
+    confs["0"].update(ci_low=0.59, ci_high=0.61)
+    decide(h, confs, True)
+    assert h.verdict_text == "a better"
+
+
+def test_too_few_trials_gives_notes_not_a_crash(tmp_path):
+    url, _, _ = make_study(tmp_path, planted=[PLANTED[1], PLANTED[5]])
+    out = tmp_path / "r"
+    assert main(["report", STUDY, "--storage", url, "-o", str(out)]) == 0
+    for name in PLOTS:
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    md = (out / "summary.md").read_text()
+    assert "Too few COMPLETE trials with varying params for importances (1 complete; need >= 3)" in md
+    assert "Parallel coordinates need >= 2 COMPLETE trials" in md
+
+
+def test_report_of_an_unknown_study_is_one_line(tmp_path, capsys):
+    url, _, _ = make_study(tmp_path)
+    assert main(["report", "missing", "--storage", url, "-o", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.startswith("noisesweep: error: no study named 'missing'")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("value", [0.05])
+def test_h2_reference_sigma_sits_on_neither_side(value):
+    class T:
+        def __init__(self, n, s):
+            self.number, self.value = n, 0.5
+            self.params = dict(sigma_start=s, sigma_ratio=0.01, num_stages=10, zones="high", alpha=0.0)
+            self.user_attrs = {"multipliers": [0, 0, 0, 1, 1, 1, 0, 0]}
+
+    hs = analyze([T(0, value), T(1, 0.08)], {}, worst_zone="high", worst_layers=[3, 4, 5])
+    assert hs[1].a.n == 1 and hs[1].b.n == 0 and hs[1].verdict == INCONCLUSIVE
