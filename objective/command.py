@@ -495,7 +495,10 @@ if stop:
     sys.exit(128 + stop[0])
 clear_group(min(grace, 2.0))
 if rc < 0:
-    signal.signal(-rc, signal.SIG_DFL)
+    try:
+        signal.signal(-rc, signal.SIG_DFL)
+    except (OSError, ValueError):
+        pass  # SIGKILL/SIGSTOP cannot be handled: they already act by default
     os.kill(me, -rc)
     time.sleep(1)
 sys.exit(rc)
