@@ -210,12 +210,14 @@ def test_run_and_status_commands(ray_local, tmp_path, monkeypatch, capsys):
     study = "studies/verl-command-mxfp4-w4a4.yaml"
     cpu = ["--set", "resources.gpus_per_trial=0", "--set", "resources.cpus_per_trial=1",
            "--set", "seed_configs=[E13i-baseline, E13i-targeted]"]
-    # bad input: one line, exit 2, nothing written
+    # bad input: one line, exit 2, nothing written (the shipped cwd is the user's verl checkout)
+    assert main(["run", study, "--storage", url, *cpu]) == 2
+    cpu += ["--set", f"objective.command.cwd={tmp_path}"]
     assert main(["run", study, "--storage", url, "--set", "budget.trials=zero"]) == 2
     assert main(["run", study, "--storage", url, "--trials", "0"]) == 2
     assert main(["run", study, "--storage", "postgresql://u:Zz9-secret@127.0.0.1:1/x"]) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 3 and "Zz9-secret" not in err
+    assert len(err.strip().splitlines()) == 4 and "objective.command.cwd" in err and "Zz9-secret" not in err
     assert not db.exists()
     # a real run, then a second one that continues the same study
     assert main(["run", study, "--storage", url, "--trials", "2", *cpu]) == 0

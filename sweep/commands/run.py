@@ -37,11 +37,12 @@ def prepare(args: argparse.Namespace) -> tuple[Any, Any, str]:
     """Validate everything before Ray starts or the study is touched: (spec, plan, url)."""
     from sweep.runner import plan_from_spec
     from sweep.storage import check_reachable
-    from sweep.study import load_study, resolve_storage
+    from sweep.study import load_study, preflight, resolve_storage
 
     if args.trials is not None and args.trials < 1:
         raise UserError(f"--trials must be >= 1, got {args.trials}")
     spec = load_study(args.study, args.overrides)
+    preflight(spec)  # model/data/command paths a trial will open
     url = resolve_storage(spec, args.storage)
     check_reachable(url)
     plan = plan_from_spec(spec)
