@@ -30,7 +30,7 @@ class TaskCfg(_Section):
     val_path: str | None = None
     num_val: int = Field(300, ge=1)
     max_prompt_len: int = Field(512, ge=1)
-    max_response_len: int = Field(16, ge=1)
+    max_response_len: int = Field(12, ge=1)  # tiny answers: "#### -99" + EOS = 9 tokens
 
 
 class QuantCfg(_Section):
@@ -57,6 +57,11 @@ class AlgoCfg(_Section):
     clip_high: float | None = Field(None, ge=0)  # None: 0.2 for GRPO, 0.28 for DAPO
     max_refills: int = Field(2, ge=0)  # DAPO: extra generation rounds to replace dropped groups
     max_response_len: int | None = Field(None, ge=1)  # None: task.max_response_len
+    # Old-policy log-probs for the clipped ratio. "policy": the training forward's own (detached;
+    # what verl/QeRL do with one PPO epoch and one mini-batch: ratio 1, the noisy rollout is used
+    # as if on-policy). "rollout": the sampler's log-probs, so tokens whose probability the noise
+    # moved beyond the clip range stop contributing (an importance-corrected variant).
+    old_logprobs: Literal["policy", "rollout"] = "policy"
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
 

@@ -240,9 +240,10 @@ class Trainer:
                     logp = self.response_logp(ro)
                 finally:
                     self.model.eval()
+                old = ro.logp if a.old_logprobs == "rollout" else logp.detach()
                 loss, info = grpo.policy_loss(
                     logp,
-                    ro.logp,
+                    old,
                     adv,
                     ro.response_mask,
                     eps_low=a.eps_low,
@@ -255,7 +256,11 @@ class Trainer:
                 loss.backward()
             torch.nn.utils.clip_grad_norm_(self.params, a.grad_clip)
             self.optim.step()  # outside the noise contexts (the injector's protocol)
-            metrics.update({"train/loss": float(loss.detach()), "train/clipfrac": info["clipfrac"]})
+            m = ro.response_mask.float()
+            # how far the (noisy) sampler's log-probs are from the training forward's
+            gap = float(((logp.detach() - ro.logp).abs() * m).sum() / m.sum().clamp(min=1.0))
+            metrics.update({"train/loss": float(loss.detach()), "train/clipfrac": info["clipfrac"],
+                            "train/rollout_logp_gap": gap})
         t2 = time.monotonic()
         self.phase_s["train"] += t2 - t1
         metrics["time/step_s"] = t2 - t0
