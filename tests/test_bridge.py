@@ -262,3 +262,33 @@ def test_budget_stops_suggesting(storage):
         assert s.suggest(f"t{i}") not in (None, Searcher.FINISHED)
     assert s.suggest("t2") == Searcher.FINISHED  # 0 done + 2 running + 1 > 2
     assert "trial budget reached" in s.stop_reason
+
+
+class _StubTrial:
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id = trial_id
+
+
+def test_asha_rungs_at_validation_steps_and_final_step_never_pruned():
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+    from sweep.runner import PruningPlan, build_scheduler
+
+    plan = PruningPlan(rungs=[5, 10, 15], final_step=20)
+    sched, name = build_scheduler(plan, "maximize")
+    assert name == "ASHA"
+    assert [m for m, _ in sched._brackets[0]._rungs] == [15, 10, 5]  # Tune's own: 10, 5 (x rf)
+    good, bad = _StubTrial("good"), _StubTrial("bad")
+    for t in (good, bad):
+        sched.on_trial_add(None, t)
+    assert sched.on_trial_result(None, good, {"step": 5, bridge.OBJECTIVE_KEY: 0.9}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(None, bad, {"step": 5, bridge.OBJECTIVE_KEY: 0.1}) == TrialScheduler.STOP
+    # at the final step the work is done: stopping now would turn a finished trial into "pruned"
+    assert sched.on_trial_result(None, good, {"step": 20, bridge.OBJECTIVE_KEY: 0.0}) == TrialScheduler.CONTINUE
+    plain = ASHAScheduler(time_attr="step", metric=bridge.OBJECTIVE_KEY, mode="max", max_t=20, grace_period=5)
+    plain.on_trial_add(None, good)
+    assert plain.on_trial_result(None, good, {"step": 20, bridge.OBJECTIVE_KEY: 1.0}) == TrialScheduler.STOP
+    assert isinstance(build_scheduler(PruningPlan(enabled=False), "maximize")[0], FIFOScheduler)
+    assert build_scheduler(PruningPlan(kind="median"), "maximize")[1] == "median rule"
+    with pytest.raises(ValueError, match="pruning.kind"):
+        build_scheduler(PruningPlan(kind="hyperband"), "maximize")
