@@ -173,9 +173,11 @@ class SearchSpace:
         center["zones"] = zones or self.zone_choices[0]
         if "site" in self.distributions:
             center["site"] = self.sites[0]
-        for key, value in (self.spec.sampler.prior or {}).items():
-            if key == "sigma_end":
-                key, value = "sigma_ratio", float(value) / float(center["sigma_start"])
+        given = dict(self.spec.sampler.prior or {})
+        if "sigma_end" in given:  # after sigma_start, whatever the order in the file
+            end = given.pop("sigma_end")
+            given["sigma_ratio"] = float(end) / float(given.get("sigma_start", center["sigma_start"]))
+        for key, value in given.items():
             if key not in self.distributions:
                 raise UserError(f"sampler.prior: unknown parameter {key!r} (known: {', '.join(self.distributions)})")
             center[key] = value
@@ -237,13 +239,17 @@ class SearchSpace:
         unknown = sorted(set(p) - set(PARAM_NAMES) - {"sigma_end"})
         if unknown:
             raise UserError(f"params: unknown parameter {unknown[0]!r} (known: {', '.join(PARAM_NAMES)}, sigma_end)")
-        if "sigma_end" in p:
-            if "sigma_ratio" in p:
-                raise UserError("params: give sigma_end or sigma_ratio, not both")
-            start = float(p.get("sigma_start", PRIOR_CENTER["sigma_start"]))
-            p["sigma_ratio"] = float(p.pop("sigma_end")) / start if start > 0 else 1.0
+        if "sigma_end" in p and "sigma_ratio" in p:
+            raise UserError("params: give sigma_end or sigma_ratio, not both")
+        sigma_end = p.pop("sigma_end", None)
         out = self.prior_params()
         out.update(p)
+        if sigma_end is not None:
+            try:
+                start, end = float(out["sigma_start"]), float(sigma_end)
+            except (TypeError, ValueError):
+                raise UserError(f"params: sigma_start/sigma_end must be numbers (got {out['sigma_start']!r}, {sigma_end!r})") from None
+            out["sigma_ratio"] = end / start if start > 0 else 1.0
         out.setdefault("site", self.sites[0])
         for key in ("sigma_start", "sigma_ratio", "alpha"):
             try:

@@ -170,3 +170,12 @@ def test_normalize_fills_the_prior_center_and_checks_values(qwen_space: SearchSp
         qwen_space.normalize({"sigma_start": 0.01, "sigma_end": 0.02})
     with pytest.raises(UserError, match="'middle' is not a zone"):
         qwen_space.normalize({"zones": "middle"})
+
+
+def test_prior_center_override_takes_sigma_end_after_sigma_start(tmp_path: Path, tiny_profile: Path) -> None:  # noqa: F811
+    spec = load_study(write_study(tmp_path, tiny_profile), ["sampler.prior={sigma_end: 0.001, sigma_start: 0.02}"])
+    space = SearchSpace.from_spec(spec)
+    center = space.prior_params()
+    assert center["sigma_start"] == 0.02 and math.isclose(center["sigma_ratio"], 0.05)
+    p = space.normalize({"sigma_end": 0.002})  # relative to the center's sigma_start
+    assert math.isclose(p["sigma_ratio"], 0.1)
