@@ -233,7 +233,7 @@ DEFAULT_SEED_NAMES = tuple(s.name for s in DEFAULT_SEED_CONFIGS)
 class BudgetSpec(_Model):
     """Stop when either limit would be passed (compute-hours: GPU-hours on GPUs, else CPU-hours)."""
 
-    trials: int | None = Field(20, gt=0)
+    trials: int | None = Field(None, gt=0)
     compute_hours: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
@@ -328,7 +328,7 @@ class StudySpec(_Model):
     profile: str
     space: SpaceSpec = Field(default_factory=SpaceSpec)
     seed_configs: Literal["default"] | list[str | SeedConfig] = "default"
-    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    budget: BudgetSpec = Field(default_factory=lambda: BudgetSpec(trials=20))  # no section: 20 trials
     pruning: PruningSpec = Field(default_factory=PruningSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)

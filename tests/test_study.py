@@ -138,7 +138,8 @@ ERROR_CASES = [
     ("zone_not_in_profile", {"space": {"zones": ["all", "middle"]}}, [],
      ["space.zones: zone 'middle' is not in the profile"]),
     ("negative_trials", {"budget": {"trials": -3}}, [], ["budget.trials: must be > 0 (got -3)"]),
-    ("empty_budget", {"budget": {"trials": None}}, [], ["budget: give trials and/or compute_hours"]),
+    ("empty_budget", {"budget": {}}, [], ["budget: give trials and/or compute_hours"]),
+    ("zero_hours", {"budget": {"compute_hours": 0}}, [], ["budget.compute_hours: must be > 0 (got 0)"]),
     ("unknown_objective_kind", {"objective": {"kind": "shell", "config": {}}}, [],
      ["objective.kind: unknown kind 'shell'"]),
     ("unknown_quant_format", None, ["objective.config.quant.format=mxfp5"],
@@ -303,3 +304,9 @@ def test_prior_override_outside_the_choices_fails_at_load(tmp_path: Path, tiny_p
 
     center = SearchSpace.from_spec(spec).prior_params()
     assert (center["sigma_start"], center["alpha"]) == (0.02, 0.5)
+
+
+def test_budget_either_or_both(tmp_path: Path, tiny_profile: Path) -> None:
+    hours_only = load_study(write_study(tmp_path, tiny_profile, budget={"compute_hours": 2.5})).budget
+    assert (hours_only.trials, hours_only.compute_hours) == (None, 2.5)
+    assert load_study(write_study(tmp_path, tiny_profile, budget=None)).budget.trials == 20
