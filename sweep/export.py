@@ -107,6 +107,7 @@ def open_record(study_arg: str, storage: str | None = None) -> StudyRecord:
     else:
         name = study_arg
         url = resolve_url(storage, None)
+    _require_sqlite_file(url)
     rdb = open_storage(url)
     names = [s.study_name for s in rdb.get_all_studies()]
     if name not in names:
@@ -117,6 +118,19 @@ def open_record(study_arg: str, storage: str | None = None) -> StudyRecord:
     record = StudyRecord(study=study, storage_url=url)
     _attach_spec(record, file_spec)
     return record
+
+
+def _require_sqlite_file(url: str) -> None:
+    """Reading commands must not create an empty sqlite database where the user mistyped a path."""
+    import sqlalchemy
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception:  # noqa: BLE001 - open_storage reports a bad URL
+        return
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        if not Path(parsed.database).expanduser().is_file():
+            raise UserError(f"storage {mask_url(url)}: no such database file {parsed.database} (no study has run there yet)")
 
 
 def _attach_spec(record: StudyRecord, file_spec: Any | None) -> None:
@@ -415,7 +429,19 @@ def hydra_overrides(record: StudyRecord, best: BestResult) -> list[str]:
     keys = {k.split(".")[-1]: k for k in getattr(command, "FORK_PARAM_MAP", {}).values()}
     keys["layer_multipliers"] = multipliers_key
     keys["use_variable_sigma"] = f"++{NOISE_PREFIX}.use_variable_sigma"
-    return [f"{keys.get(k, f'{NOISE_PREFIX}.{k}')}={command.hydra_value(v)}" for k, v in verl_values(best).items()]
+    keys_of: dict[str, list[str]] = {k: [v] for k, v in keys.items()}
+    cmd = getattr(getattr(record.spec, "objective", None), "command", None)
+    if cmd is not None:  # a command study: the keys its own trials were given
+        for name, mapped in (getattr(cmd, "param_map", None) or {}).items():
+            if name in keys_of:
+                keys_of[name] = [mapped] if isinstance(mapped, str) else list(mapped)
+        if getattr(cmd, "multipliers_key", None):
+            keys_of["layer_multipliers"] = [cmd.multipliers_key]
+    out = []
+    for k, v in verl_values(best).items():
+        for key in keys_of.get(k, [f"{NOISE_PREFIX}.{k}"]):
+            out.append(f"{key}={command.hydra_value(v)}")
+    return out
 
 
 def hydra_text(record: StudyRecord, best: BestResult) -> str:

@@ -267,3 +267,41 @@ def test_load_verl_export_rejects_a_file_without_the_block(tmp_path):
     p.write_text("trainer: {total_epochs: 1}\n")
     with pytest.raises(ValueError, match="no trainer.noise_injection block"):
         load_verl_export(p)
+
+
+def test_hydra_export_of_a_command_study_uses_its_own_keys(tmp_path, capsys):
+    """A command study's param_map/multipliers_key are the keys its trials got: the export keeps them."""
+    import shlex
+
+    from sweep.export import hydra_overrides, best_result, open_record
+
+    url, _, _ = make_study(tmp_path)
+    record = open_record(STUDY, url)
+    rec = record.study.user_attrs["noisesweep_spec"]
+    rec["objective"] = {"kind": "command", "command": {
+        "command": ["bash", "run.sh"], "param_map": {"sigma_start": ["a.sigma0", "b.sigma0"], "num_stages": "a.stages"},
+        "multipliers_key": "++a.mults"}}
+    record.study.set_user_attr("noisesweep_spec", rec)
+    record = open_record(STUDY, url)
+    words = hydra_overrides(record, best_result(record))
+    assert "a.sigma0=0.08" in words and "b.sigma0=0.08" in words and "a.stages=10" in words
+    assert "++a.mults={0:0.0,1:0.0,2:0.0,3:1.0,4:1.0,5:1.0,6:0.0,7:0.0}" in words
+    assert "trainer.noise_injection.sigma_end=0.001" in words  # unmapped: the fork's key
+    assert main(["export", STUDY, "--storage", url, "--format", "yaml"]) == 2
+    assert "runs a command objective" in capsys.readouterr().err
+
+
+def test_a_missing_sqlite_file_is_reported_not_created(tmp_path, capsys):
+    db = tmp_path / "typo.db"
+    assert main(["best", STUDY, "--storage", f"sqlite:///{db}"]) == 2
+    assert "no such database file" in capsys.readouterr().err
+    assert not db.exists()
+
+
+@pytest.mark.parametrize("command", ["best", "confirm", "export", "report", "dashboard"])
+def test_help_renders(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: ") and ("STUDY" in out) == (command != "dashboard")

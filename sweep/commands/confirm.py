@@ -15,7 +15,7 @@ from sweep.export import open_record
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("confirm", help="re-run the top configs on fresh seeds: mean and 95% CI",
+    p = subparsers.add_parser("confirm", help="re-run the top configs on fresh seeds: mean and 95%% CI",
                               description=__doc__.split("\n\n")[1] if __doc__ else None)
     add_study_args(p)
     p.add_argument("--top", type=int, default=None, metavar="K", help="how many configs (default: the study's confirm.top)")
