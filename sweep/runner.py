@@ -29,7 +29,7 @@ from sweep import bridge
 from sweep.budget import Budget, ledger_of
 from sweep.progress import Progress, ProgressCallback
 from sweep.secrets import mask_url
-from sweep.storage import open_storage
+from sweep.storage import open_storage, study_lock
 
 # objective_fn(config, report) -> TrialResult; config = suggested params + derived values
 # + bridge.SEED_KEY; report(step, metrics) after each validation.
@@ -275,10 +275,11 @@ def run_sweep(
     study = optuna.create_study(
         storage=storage, study_name=plan.study_name, direction=plan.direction, load_if_exists=True
     )
-    failed_stale = bridge.fail_stale_trials(study, grace_period_s=grace_period)
-    for key, value in plan.study_attrs.items():
-        study.set_user_attr(key, value)
-    enqueued = bridge.enqueue_seed_configs(study, plan.seed_configs)
+    with study_lock(storage, plan.study_name):  # several drivers may start at once
+        failed_stale = bridge.fail_stale_trials(study, grace_period_s=grace_period)
+        for key, value in plan.study_attrs.items():
+            study.set_user_attr(key, value)
+        enqueued = bridge.enqueue_seed_configs(study, plan.seed_configs)
 
     ledger = ledger_of(study.get_trials(deepcopy=False))
     remaining = budget.remaining_trials(ledger)

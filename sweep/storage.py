@@ -7,7 +7,11 @@ from NOISESWEEP_STORAGE when unpickled, so even an accidental pickle leaks nothi
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,12 +79,21 @@ def open_storage(
         raise UserError(f"storage URL {mask_url(url)} is not a valid SQLAlchemy URL") from exc
     check_sqlite_path(url)
     try:
-        storage = SafeRDBStorage(
-            url,
-            engine_kwargs=_engine_kwargs(url),
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period,
-        )
+        for attempt in range(5):
+            try:
+                storage = SafeRDBStorage(
+                    url,
+                    engine_kwargs=_engine_kwargs(url),
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                )
+                break
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                # two drivers creating the tables of a fresh database at once: the loser
+                # hits a duplicate-key/exists error; the tables are there on the next try
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
     except ImportError as exc:
         raise UserError(f"storage {mask_url(url)}: database driver missing ({exc.name})") from exc
     except Exception as exc:  # noqa: BLE001 - connection refused, auth failed, ...
@@ -96,3 +109,43 @@ def check_reachable(url: str) -> None:
     """Open and close the storage once (used by `run`/`status` before anything else)."""
     storage = open_storage(url)
     storage.engine.dispose()
+
+
+@contextlib.contextmanager
+def study_lock(storage: optuna.storages.BaseStorage, study_name: str) -> Iterator[None]:
+    """Serialize a driver's start-up bookkeeping (stale check, seed enqueue) across drivers.
+
+    Two drivers starting at once would both read `enqueued_seed_configs` as empty and both
+    enqueue the seeds. PostgreSQL: a session advisory lock keyed by the study name, held on a
+    dedicated connection while optuna works on its own ones. SQLite: an flock beside the file.
+    Other backends: no lock (one driver at a time).
+    """
+    rdb = getattr(storage, "_backend", storage)
+    if not isinstance(rdb, optuna.storages.RDBStorage):
+        yield
+        return
+    engine = rdb.engine
+    backend = engine.url.get_backend_name()
+    key = int.from_bytes(hashlib.sha256(f"noisesweep:{study_name}".encode()).digest()[:8], "big", signed=True)
+    if backend == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+        return
+    database = engine.url.database
+    if backend == "sqlite" and database and database != ":memory:":
+        import fcntl
+
+        with open(f"{database}.noisesweep-lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return
+    yield
