@@ -119,14 +119,15 @@ class SpaceSpec(_Model):
 
     Seeds: sigma_start 0.01/0.03/0.05/0.08 (0.2 hurt on the tiny task), decay 100x or 10x or
     none, 5 or 10 stages, alpha 0 (uniform) or 1 (RIN-variable). The ranges leave room on both
-    sides; `zones: auto` takes its choices from the profile (see sweep.space).
+    sides; `zones: auto` takes its choices from the profile, and so does alpha's default range
+    (see sweep.space.default_alpha_high).
     """
 
     sigma_start: LogRange = Field(default_factory=lambda: LogRange(low=0.002, high=0.2))
     sigma_ratio: RatioRange = Field(default_factory=lambda: RatioRange(low=0.001, high=1.0))
     num_stages: StagesRange = Field(default_factory=lambda: StagesRange(low=3, high=12))
     zones: Literal["auto"] | list[str] = "auto"
-    alpha: AlphaRange = Field(default_factory=lambda: AlphaRange(low=0.0, high=2.0))
+    alpha: AlphaRange | None = None  # None: 0 .. a high that gives the worst layer up to 1.5x (sweep.space)
     site: list[Literal["rmsnorm", "linear"]] = Field(default_factory=lambda: ["rmsnorm"])
 
     @field_validator("zones", mode="before")

@@ -179,3 +179,19 @@ def test_prior_center_override_takes_sigma_end_after_sigma_start(tmp_path: Path,
     assert center["sigma_start"] == 0.02 and math.isclose(center["sigma_ratio"], 0.05)
     p = space.normalize({"sigma_end": 0.002})  # relative to the center's sigma_start
     assert math.isclose(p["sigma_ratio"], 0.1)
+
+
+def test_default_alpha_range_comes_from_the_profile(qwen_space: SearchSpace, tmp_path: Path,
+                                                   tiny_profile: Path) -> None:  # noqa: F811
+    from sweep.space import MAX_SPREAD, default_alpha_high
+
+    # Qwen2.5-1.5B: worst layer 42.65 / 36.4 = 1.17x the mean -> ln 1.5 / ln 1.17 = 2.6
+    assert qwen_space.distributions["alpha"].low == 0.0
+    assert qwen_space.distributions["alpha"].high == pytest.approx(2.6, abs=0.1)
+    errs = qwen_space.errors
+    top = max(errs) / (sum(errs) / len(errs))
+    assert top ** qwen_space.distributions["alpha"].high == pytest.approx(MAX_SPREAD, rel=0.02)
+    assert default_alpha_high([0.99, 1.0, 1.01]) == 25.0  # a flat profile: capped
+    assert default_alpha_high([1.0, 1.0]) == 2.0
+    spec = load_study(write_study(tmp_path, tiny_profile), ["space.alpha={low: 0.5, high: 1.5}"])
+    assert (SearchSpace.from_spec(spec).distributions["alpha"].low, SearchSpace.from_spec(spec).distributions["alpha"].high) == (0.5, 1.5)
