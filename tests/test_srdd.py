@@ -334,3 +334,18 @@ def test_profile_for_another_depth_is_refused() -> None:
         validate_for_model(prof, 8)
     with pytest.raises(ProfileError, match="not nvfp4"):
         validate_for_model(prof, 28, fmt="nvfp4")
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+def test_shipped_tiny_priors_match_the_shipped_tiny_checkpoint(fmt: str) -> None:
+    from objective.tiny import TINY_CHECKPOINT_DIR
+    from sweep.commands.srdd import tiny_checkpoint_sha256
+
+    prof = load_profile(REPO / "studies" / "priors" / f"tiny-{fmt}.json")
+    layers = json.loads((TINY_CHECKPOINT_DIR / "config.json").read_text())["num_hidden_layers"]
+    validate_for_model(prof, layers, fmt=fmt)
+    assert sorted(i for z in prof.zones for i in z.layers) == list(range(layers))
+    assert prof.source["checkpoint_sha256"] == tiny_checkpoint_sha256(), (
+        f"studies/priors/tiny-{fmt}.json is stale: regenerate it with `noisesweep srdd --model tiny "
+        f"--format {fmt} --out studies/priors/tiny-{fmt}.json --batches 8 --batch-size 32`"
+    )

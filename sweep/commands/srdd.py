@@ -71,6 +71,15 @@ def _positive_int(value: Any, flag: str) -> int:
     return n
 
 
+def tiny_checkpoint_sha256() -> str:
+    """Hash of the tiny model's weights: a shipped tiny prior records it, so a stale one is caught."""
+    import hashlib
+
+    from objective.tiny import TINY_CHECKPOINT_DIR
+
+    return hashlib.sha256((TINY_CHECKPOINT_DIR / "model.safetensors").read_bytes()).hexdigest()
+
+
 def _load_model(spec: str, device: str) -> tuple[Any, Any, str]:
     import torch
 
@@ -188,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
     profile.source["calibration"] = (
         f"gsm8k prompts from {args.data}" if args.data else ("tiny-arith train problems with answers" if args.model == "tiny" else "built-in word problems")
     )
+    if args.model == "tiny":
+        profile.source["checkpoint_sha256"] = tiny_checkpoint_sha256()
     path = profile.save(out)
     print(format_table(profile))
     print(f"\nwrote {path}")
