@@ -168,3 +168,19 @@ def test_vllm_backend_without_vllm_is_a_clear_error(model_dir: Path, monkeypatch
     with pytest.raises(ValueError, match="install the gpu extra") as info:
         run_trial(small(model_dir, rollout={"backend": "vllm"}))
     assert "\n" not in str(info.value)
+
+
+def test_rl_raises_a_learnable_reward_on_the_tiny_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The update has the right sign: rewarding an even last digit makes the policy produce more of them."""
+
+    def even_last_digit(response: str, truth: str) -> float:
+        digits = [c for c in response if c.isdigit()]
+        return float(bool(digits) and int(digits[-1]) % 2 == 0)
+
+    monkeypatch.setattr(reward_mod, "gsm8k_strict_score", even_last_digit)
+    cfg = {"seed": 0, "threads": 1, "quant": {"format": "none"}, "task": {"num_val": 1},
+           "algo": {"lr": 1e-2, "prompts_per_step": 8, "samples_per_prompt": 8},
+           "steps": {"total": 8, "val_at": [0]}}
+    res = run_trial(cfg)
+    r = [h["metrics"]["train/reward_mean"] for h in res.applied["train"]]
+    assert sum(r[-2:]) / 2 > sum(r[:2]) / 2 + 0.2, r
