@@ -25,7 +25,8 @@ import torch
 
 from quant import formats as F
 
-MIN_NUMEL = 1 << 14  # below this, eager is as fast as a compiled call (measured on 2 CPU cores)
+MIN_NUMEL = 1 << 15  # below ATen's parallel grain size eager runs single-threaded; a compiled call
+# always opens an OpenMP region, which on a busy 2-core machine can stall for a scheduler slice
 ENV_VAR = "NOISESWEEP_COMPILE"
 
 _lock = threading.Lock()
@@ -88,7 +89,7 @@ def quantize(x: torch.Tensor, fmt: str) -> torch.Tensor | None:
     block = F.BLOCK_SIZES[fmt]
     n = x.shape[-1]
     pad = (-n) % block
-    xc = x.contiguous()
+    xc = x.detach().contiguous()  # one graph whether or not x requires grad
     if pad:
         xc = torch.nn.functional.pad(xc, (0, pad))
     try:

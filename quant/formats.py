@@ -4,10 +4,11 @@ Blocks run along the last axis, which is the reduction axis of both a Linear's i
 weight (out_features, in_features). A last axis that is not a multiple of the block length ends
 in a shorter block with its own scale (computed as if zero-padded; zeros never change an amax).
 
-The arithmetic lives in two *kernel* functions (`mx_kernel`, `nv_kernel`) written only with ops
-that are exact or correctly rounded (bit tricks, power-of-two multiplies, `round`, IEEE divide),
-so the same code gives the same bits eagerly and under torch.compile (quant/_fused.py compiles
-exactly these functions). `fake_quantize` picks the compiled path for large tensors.
+The arithmetic lives in a few kernel functions (`mx_kernel`; `nv_block_factors` + `nv_apply`)
+written only with ops that are exact or correctly rounded (bit tricks, power-of-two multiplies,
+IEEE add/divide), so the same code gives the same bits eagerly and under torch.compile
+(quant/_fused.py compiles exactly these functions). `fake_quantize` takes the compiled path for
+tensors of at least `_fused.MIN_NUMEL` elements unless NOISESWEEP_COMPILE=0.
 
 MXFP4 (OCP MX v1.0): scale 2^(floor(log2(amax)) - 2), exponent taken from the float32 bits,
 clamped to E8M0's [-127, 127]. Equal to torchao 0.18 ``to_mx`` (FLOOR) + ``to_dtype`` on normal
@@ -199,7 +200,8 @@ def fake_quantize(x: torch.Tensor, fmt: str, *, ste: bool = False) -> torch.Tens
     if fmt not in BLOCK_SIZES:
         raise ValueError(f"unknown quantization format {fmt!r}; known formats: {', '.join(KNOWN_FORMATS)}")
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0:
-        raise ValueError(f"fake_quantize needs a floating-point tensor with at least 1 dim, got {type(x).__name__}")
+        got = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"fake_quantize needs a floating-point tensor with at least one dimension, got {got}")
     if x.requires_grad and torch.is_grad_enabled():
         return (_StraightThrough if ste else _Rounded).apply(x, fmt)
     return _forward(x, fmt)
