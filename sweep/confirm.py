@@ -145,6 +145,7 @@ class Confirmation:
     ci_low: float | None = None
     ci_high: float | None = None
     new_runs: int = 0
+    wall_time_s: float = 0.0
 
     def to_attr(self) -> dict[str, Any]:
         return {
@@ -156,6 +157,7 @@ class Confirmation:
             "params": self.params,
             "sweep_value": self.sweep_value,
             "failures": self.failures,
+            "wall_time_s": round(self.wall_time_s, 3),
         }
 
 
@@ -198,6 +200,7 @@ def confirm_study(
         conf = Confirmation(
             trial=t.number, seed_config=t.user_attrs.get("seed_config"), sweep_value=float(t.value),  # type: ignore[arg-type]
             params=dict(t.params), values=values, seeds=seed_list, failures=failures,
+            wall_time_s=float(prev.get("wall_time_s", 0.0) or 0.0),
         )
         for i, seed in enumerate(new_seeds, 1):
             print(
@@ -222,9 +225,10 @@ def confirm_study(
             else:
                 conf.failures.append({"seed": seed, "status": status, "reason": reason})
                 print(f"noisesweep confirm:   -> {status}: {reason} ({dt:.1f} s)", file=stream, flush=True)
-        if conf.values:
-            conf.mean, conf.ci_low, conf.ci_high = mean_ci(conf.values)
-        _store(record, conf)
+            conf.wall_time_s += dt
+            if conf.values:
+                conf.mean, conf.ci_low, conf.ci_high = mean_ci(conf.values)
+            _store(record, conf)  # after every run: an interrupted confirmation keeps what it finished
         out.append(conf)
     return out
 

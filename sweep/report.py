@@ -121,7 +121,7 @@ def plot_intermediate(record: StudyRecord, path: Path) -> None:
             label = state.lower()
         ax.plot(steps, vals, label=label if label not in labelled else None, **kw)
         labelled.add(label)
-        if state != "COMPLETE":
+        if state != "COMPLETE" and len(trials) - len(complete) <= 15:  # label a few, not a crowd
             ax.annotate(f"#{t.number}", (steps[-1], vals[-1]), fontsize=7, color=kw["color"],
                         xytext=(3, 0), textcoords="offset points")
     best = max(complete, key=lambda t: t.value if record.maximize else -t.value) if finals else None  # type: ignore[arg-type,operator]

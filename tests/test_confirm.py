@@ -116,11 +116,12 @@ def test_confirm_command_with_the_real_tiny_trainer(tmp_path, capsys):
     spec_rec["objective"]["config"]["algo"]["prompts_per_step"] = 2
     spec_rec["objective"]["config"]["algo"]["samples_per_prompt"] = 2
     record.study.set_user_attr("noisesweep_spec", spec_rec)
-    assert main(["confirm", STUDY, "--storage", url, "--top", "1", "--seeds", "2"]) == 0
-    out = capsys.readouterr().out
+    assert main(["confirm", STUDY, "--storage", url, "--top", "1", "--seeds", "1"]) == 0
+    captured = capsys.readouterr()
     entry = optuna.load_study(study_name=STUDY, storage=url).user_attrs["confirmations"]["0"]
-    assert len(entry["values"]) == 2 and all(0.0 <= v <= 1.0 for v in entry["values"])
-    assert "sweep run" in out and "conf. mean" in out
+    assert len(entry["values"]) == 1 and 0.0 <= entry["values"][0] <= 1.0 and entry["seeds"] == [1000]
+    assert entry["ci_low"] is None and "no interval (n=1)" in captured.out
+    assert "noisesweep confirm:   step 1: val-core/tiny-arith/acc/mean@1=" in captured.err  # progress lines
 
 
 def test_table_shows_the_single_run_beside_the_confirmed_mean(tmp_path):
@@ -136,3 +137,19 @@ def test_table_shows_the_single_run_beside_the_confirmed_mean(tmp_path):
     assert f"{c2.mean - 0.62:+.4f}" in rows["2"]
     # trial 1 (targeted, 0.60 single run) confirms higher than trial 2 (0.62): the luck is called out
     assert "best confirmed: trial 1" in table and "its single run was partly luck" in table
+
+
+def test_an_interrupted_confirmation_keeps_the_runs_it_finished(tmp_path):
+    url, _, _ = make_study(tmp_path)
+    record = open_record(STUDY, url)
+    runner = FakeRunner()
+
+    def interrupted(params, seed):
+        if len(runner.calls) == 2:
+            raise KeyboardInterrupt
+        return runner(params, seed)
+
+    with pytest.raises(KeyboardInterrupt):
+        confirm_study(record, top=1, seeds=3, runner=interrupted)
+    entry = optuna.load_study(study_name=STUDY, storage=url).user_attrs["confirmations"]["2"]
+    assert entry["seeds"] == [1000, 1001] and len(entry["values"]) == 2 and entry["ci_low"] is not None
