@@ -170,6 +170,19 @@ def session_pids(sid: int) -> list[int]:
     return pids
 
 
+def driver_tracebacks(text: str) -> list[str]:
+    """Traceback lines the driver itself printed.
+
+    Lines prefixed by a Ray worker, e.g. ``(noisesweep_trial pid=123)``, are the worker's own
+    shutdown noise forwarded by Ray (an "Exception ignored" when Tune SIGTERMs a finished trial's
+    actor), not the driver's; they are excluded.
+    """
+    import re
+
+    worker = re.compile(r"^(\x1b\[[0-9;]*m)?\((noisesweep_trial|ImplicitFunc|raylet|pid=)")
+    return [line for line in text.splitlines() if "Traceback" in line and not worker.match(line)]
+
+
 def wait_for(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.5, what: str = "") -> None:
     """Poll until predicate() is true; fail the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
