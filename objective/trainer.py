@@ -92,7 +92,7 @@ class _Noise:
 class Trainer:
     """One trial's state: model (peft + quant + noise), task, optimizer, RNGs and timers."""
 
-    def __init__(self, cfg: TrialConfig) -> None:
+    def __init__(self, cfg: TrialConfig, start: float | None = None) -> None:
         from peft import LoraConfig, get_peft_model
 
         from objective.tasks import load_task
@@ -133,7 +133,8 @@ class Trainer:
         self.params = params
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self._order: list[int] = []
-        self.deadline = time.monotonic() + cfg.timeout_s if cfg.timeout_s else None
+        # the budget counts from the trial's start (model loading and compiling included)
+        self.deadline = (start or time.monotonic()) + cfg.timeout_s if cfg.timeout_s else None
         self.phase_s: dict[str, float] = defaultdict(float)
 
     # ---- data -------------------------------------------------------------------------------
@@ -357,7 +358,7 @@ def run_trial(config: TrialConfig | dict[str, Any] | None, report: ReportFn | No
     t_start = time.monotonic()
     cfg = load_config(config)
     with _threads(cfg.threads):
-        trainer = Trainer(cfg)  # user-input errors propagate from here
+        trainer = Trainer(cfg, start=t_start)  # user-input errors propagate from here
         try:
             return _run(trainer, cfg, report, t_start)
         finally:
