@@ -46,6 +46,9 @@ class PruningPlan:
     grace_step: int | None = None  # None: the first rung
     reduction_factor: float = 2.0
     final_step: int = 20
+    # ASHA cuts a trial only when this many others already reached its rung: RL accuracy is
+    # noisy, and with one other result the cut is a coin flip on a single run.
+    min_samples: int = 3
 
     def milestones(self) -> list[int]:
         """Rungs ASHA may cut at: validation steps from the grace step, before the final one."""
@@ -171,9 +174,18 @@ class _FinalStepASHA:
 
         class FinalStepASHA(ASHAScheduler):
             def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-                if result.get(bridge.FINAL_KEY) or result.get(bridge.STEP_KEY, 0) >= pruning.final_step:
+                step = result.get(bridge.STEP_KEY, 0)
+                if result.get(bridge.FINAL_KEY) or step >= pruning.final_step:
                     return TrialScheduler.CONTINUE
-                return super().on_trial_result(tune_controller, trial, result)
+                action = super().on_trial_result(tune_controller, trial, result)
+                if action == TrialScheduler.STOP:
+                    bracket = self._trial_info.get(trial.trial_id)
+                    rung = next((rec for m, rec in bracket._rungs if step >= m), {}) if bracket else {}
+                    others = sum(1 for tid in rung if tid != trial.trial_id)
+                    if others < pruning.min_samples:
+                        self._num_stopped -= 1
+                        return TrialScheduler.CONTINUE
+                return action
 
         milestones = pruning.milestones()
         scheduler = FinalStepASHA(
@@ -212,7 +224,7 @@ def build_scheduler(pruning: PruningPlan, direction: str) -> tuple[Any, str]:
                 metric=bridge.OBJECTIVE_KEY,
                 mode="max" if direction == "maximize" else "min",
                 grace_period=min(pruning.milestones(), default=pruning.final_step),
-                min_samples_required=3,
+                min_samples_required=max(pruning.min_samples, 1),
             ),
             "median rule",
         )
@@ -231,8 +243,11 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # verbose=0 then prints no tables
+    # Trial output (model loading, library warnings) would drown the progress lines; it stays
+    # in Ray's session logs. NOISESWEEP_RAY_LOGS=1 streams it to the console again.
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
-                              "log_to_driver": True, "configure_logging": True}
+                              "log_to_driver": os.environ.get("NOISESWEEP_RAY_LOGS") == "1",
+                              "configure_logging": True}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
     else:
@@ -427,6 +442,7 @@ def plan_from_spec(spec: Any, *, objective_fn: ObjectiveFn | None = None) -> Swe
         grace_step=p.grace_step,
         reduction_factor=p.reduction_factor,
         final_step=final_step,
+        min_samples=int(getattr(p, "min_samples", 3)),
     )
     profile_json = profile.to_json() if hasattr(profile, "to_json") else None
     attrs: dict[str, Any] = {"noisesweep_spec": spec.to_record()}

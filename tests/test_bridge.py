@@ -274,14 +274,17 @@ def test_asha_rungs_at_validation_steps_and_final_step_never_pruned():
 
     from sweep.runner import PruningPlan, build_scheduler
 
-    plan = PruningPlan(rungs=[5, 10, 15], final_step=20)
+    plan = PruningPlan(rungs=[5, 10, 15], final_step=20, min_samples=2)
     sched, name = build_scheduler(plan, "maximize")
     assert name == "ASHA"
     assert [m for m, _ in sched._brackets[0]._rungs] == [15, 10, 5]  # Tune's own: 10, 5 (x rf)
-    good, bad = _StubTrial("good"), _StubTrial("bad")
-    for t in (good, bad):
+    good, other, early, bad = (_StubTrial(n) for n in ("good", "other", "early", "bad"))
+    for t in (good, other, early, bad):
         sched.on_trial_add(None, t)
     assert sched.on_trial_result(None, good, {"step": 5, bridge.OBJECTIVE_KEY: 0.9}) == TrialScheduler.CONTINUE
+    # below the only result so far, but one other result is too few to cut on (min_samples=2)
+    assert sched.on_trial_result(None, early, {"step": 5, bridge.OBJECTIVE_KEY: 0.2}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(None, other, {"step": 5, bridge.OBJECTIVE_KEY: 0.8}) == TrialScheduler.CONTINUE
     assert sched.on_trial_result(None, bad, {"step": 5, bridge.OBJECTIVE_KEY: 0.1}) == TrialScheduler.STOP
     # at the final step the work is done: stopping now would turn a finished trial into "pruned"
     assert sched.on_trial_result(None, good, {"step": 20, bridge.OBJECTIVE_KEY: 0.0}) == TrialScheduler.CONTINUE

@@ -71,7 +71,7 @@ def make_plan(name: str, budget: Budget, objective, *, pruning: bool = True, con
               seeds=(("A", {"x": 0.3, "zones": "all"}), ("B", {"x": 0.95, "zones": "high"}))) -> SweepPlan:
     return SweepPlan(
         study_name=name, space=space, objective_fn=objective, metric="acc", budget=budget,
-        seed_configs=list(seeds), pruning=PruningPlan(enabled=pruning, rungs=[5, 10, 15], final_step=20),
+        seed_configs=list(seeds), pruning=PruningPlan(enabled=pruning, rungs=[5, 10, 15], final_step=20, min_samples=1),
         cpus_per_trial=1, max_concurrent=concurrent, sampler=optuna.samplers.TPESampler(seed=1),
         trial_seed=7, set_torch_threads=False,
     )
