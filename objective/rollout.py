@@ -83,14 +83,16 @@ def hf_generate(
     """
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    dev = next(model.parameters()).device
     ids, mask = encode_prompts(tokenizer, prompts)
+    ids, mask = ids.to(dev), mask.to(dev)
     bsz = ids.shape[0]
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
     past = out.past_key_values
     logits = out.logits[:, -1, :].float()
     next_pos = pos[:, -1:] + 1
-    finished = torch.zeros(bsz, dtype=torch.bool)
+    finished = torch.zeros(bsz, dtype=torch.bool, device=dev)
     toks, logps, masks = [], [], []
     attn = mask
     for t in range(max_new_tokens):
@@ -113,17 +115,17 @@ def hf_generate(
         finished = finished | (tok == eos)
         if bool(finished.all()) or t == max_new_tokens - 1:
             break
-        attn = torch.cat([attn, torch.ones((bsz, 1), dtype=attn.dtype)], dim=1)
+        attn = torch.cat([attn, torch.ones((bsz, 1), dtype=attn.dtype, device=dev)], dim=1)
         out = model(
             input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos, past_key_values=past, use_cache=True
         )
         past = out.past_key_values
         logits = out.logits[:, -1, :].float()
         next_pos = next_pos + 1
-    response = torch.stack(toks, 1)
-    rmask = torch.stack(masks, 1)
+    response = torch.stack(toks, 1).cpu()  # rollouts live on the CPU; the trainer moves what it needs
+    rmask = torch.stack(masks, 1).cpu()
     texts = [
         tokenizer.decode([int(x) for x, m in zip(row, mrow) if m and int(x) != eos], skip_special_tokens=True)
         for row, mrow in zip(response, rmask)
     ]
-    return Rollout(ids, mask, response, rmask, torch.stack(logps, 1), texts)
+    return Rollout(ids.cpu(), mask.cpu(), response, rmask, torch.stack(logps, 1).cpu(), texts)

@@ -131,7 +131,11 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optim = torch.optim.AdamW(params, lr=cfg.algo.lr, weight_decay=cfg.algo.weight_decay)
         self.params = params
-        self.gen = torch.Generator().manual_seed(cfg.seed)
+        if torch.cuda.is_available():  # the real path: train and sample on the GPU
+            self.model.to("cuda")
+        self.device = next(self.model.parameters()).device
+        self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.data_gen = torch.Generator().manual_seed(cfg.seed)
         self._order: list[int] = []
         # the budget counts from the trial's start (model loading and compiling included)
         self.deadline = (start or time.monotonic()) + cfg.timeout_s if cfg.timeout_s else None
@@ -143,7 +147,7 @@ class Trainer:
         out = []
         while len(out) < n:
             if not self._order:
-                self._order = torch.randperm(len(self.task.train), generator=self.gen).tolist()
+                self._order = torch.randperm(len(self.task.train), generator=self.data_gen).tolist()
             out.append(self.task.train[self._order.pop()])
         return out
 
@@ -270,13 +274,14 @@ class Trainer:
 
     def response_logp(self, ro: Rollout) -> torch.Tensor:
         """Log-probs of the sampled response tokens under the current policy at the sampling temperature."""
-        ids = torch.cat([ro.prompt_ids, ro.response_ids], 1)
-        mask = torch.cat([ro.prompt_mask, ro.response_mask], 1)
+        ids = torch.cat([ro.prompt_ids, ro.response_ids], 1).to(self.device)
+        mask = torch.cat([ro.prompt_mask, ro.response_mask], 1).to(self.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         p = ro.prompt_ids.shape[1]
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, p - 1 : -1].float()
         logp = torch.log_softmax(logits / self.cfg.algo.temperature, -1)
-        return logp.gather(-1, ro.response_ids[..., None]).squeeze(-1) * ro.response_mask
+        resp = ro.response_ids.to(self.device)
+        return (logp.gather(-1, resp[..., None]).squeeze(-1) * ro.response_mask.to(self.device)).cpu()
 
     def close(self) -> None:
         self.noise.remove()

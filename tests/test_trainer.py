@@ -159,8 +159,10 @@ def test_dapo_keeps_informative_groups_and_learns_from_them(model_dir: Path, mon
     monkeypatch.setattr(reward_mod, "gsm8k_strict_score", lambda response, truth: float(len(response) % 2))
     res = run_trial(small(model_dir, algo={"name": "dapo", "max_refills": 3}, steps={"total": 1, "val_at": [1]}))
     m = res.history[-1]["metrics"]
-    assert m["train/groups_used"] == 4 and m["train/groups_generated"] >= 4
-    assert m["train/refills"] <= 3 and m["train/loss"] != 0.0 and 0 < m["train/reward_mean"] < 1
+    used, refills = m["train/groups_used"], m["train/refills"]
+    assert 1 <= used <= 4 and refills <= 3 and (used == 4 or refills == 3)  # full batch, or the cap hit
+    assert m["train/groups_generated"] >= used + refills  # each refill asks for at least one group
+    assert m["train/loss"] != 0.0 and 0 < m["train/reward_mean"] < 1
 
 
 def test_vllm_backend_without_vllm_is_a_clear_error(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
