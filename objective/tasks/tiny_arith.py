@@ -1,10 +1,12 @@
 """The embedded default task: short integer arithmetic answered in GSM8K's format.
 
 `37+58=` is answered `#### 95` (then EOS), so the same strict GSM8K reward scores it.
-The problem space (a+b and a-b for a, b in 0..99, a*b for a in 0..20, b in 0..9: 20,210
-problems) is large enough that the model must generalise, not memorise: a fixed held-out pool
-(chosen by a hash of the problem text, independent of any seed) is never used for pretraining
-or RL, and validation draws from it.
+The problem space (a+b and a-b where one operand is 0..99 and the other 0..9, either order;
+a*b for a, b in 0..12: 3,969 problems) is large enough that the model must generalise, not
+memorise: a fixed held-out pool (chosen by a hash of the problem text, independent of any
+seed) is never used for pretraining or RL, and validation draws from it. One single-digit
+operand keeps it learnable by a 1.6M-parameter model in a few CPU minutes (two two-digit
+operands needed far more steps than the budget allows).
 """
 
 from __future__ import annotations
@@ -13,19 +15,20 @@ import hashlib
 import random
 
 DATA_SOURCE = "tiny-arith"
-HELD_OUT_PERCENT = 5  # ~1,000 problems held out; validation uses the first `num_val` of them
+HELD_OUT_PERCENT = 10  # ~400 problems held out; validation uses the first `num_val` of them
 VAL_ORDER_SEED = 20261122  # fixed, so every trial of a sweep validates on the same problems
 
 
 def _problems() -> list[tuple[str, int]]:
     """Every problem in a fixed order, as (prompt, answer)."""
     out: list[tuple[str, int]] = []
-    for a in range(100):
-        for b in range(100):
-            out.append((f"{a}+{b}=", a + b))
-            out.append((f"{a}-{b}=", a - b))
-    for a in range(21):
-        for b in range(10):
+    pairs = [(a, b) for a in range(100) for b in range(10)]
+    pairs += [(b, a) for a in range(10, 100) for b in range(10)]  # one-digit operand first
+    for a, b in pairs:
+        out.append((f"{a}+{b}=", a + b))
+        out.append((f"{a}-{b}=", a - b))
+    for a in range(13):
+        for b in range(13):
             out.append((f"{a}*{b}=", a * b))
     return out
 

@@ -101,6 +101,21 @@ def greedy_accuracy(model: Any, tokenizer: Any, examples: list[Any], max_new_tok
     return sum(gsm8k_strict_score(r, e.ground_truth) for r, e in zip(resp, examples)) / len(examples)
 
 
+def measure_accuracies(model: Any, tokenizer: Any, examples: list[Any]) -> dict[str, float]:
+    """Greedy accuracy in full precision and under each 4-bit scheme the sweep studies."""
+    from quant.model import QuantScheme, quantize_model
+
+    out = {"fp32": greedy_accuracy(model, tokenizer, examples)}
+    for fmt in ("mxfp4", "nvfp4"):
+        for label, scheme in (("w4a4", QuantScheme.w4a4(fmt)), ("w4a16", QuantScheme.w4a16(fmt))):
+            handle = quantize_model(model, scheme)
+            try:
+                out[f"{fmt}_{label}"] = greedy_accuracy(model, tokenizer, examples)
+            finally:
+                handle.remove()
+    return out
+
+
 def train(
     steps: int, seed: int, eval_every: int = 0, log: Any = print, save_every: int = 0, save_dir: Path | None = None
 ) -> tuple[Any, Any, dict[str, Any]]:
@@ -183,10 +198,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.steps < 1:
         ap.error("--steps must be >= 1")
+    # One thread: CPU float results (and hence the trained weights) then do not depend on the
+    # machine's core count, and a shared 2-core machine is not oversubscribed.
+    torch.set_num_threads(1)
     model, tokenizer, meta = train(args.steps, args.seed, args.eval_every, save_every=args.save_every, save_dir=args.out)
     from objective.tasks import load_task
 
-    meta["val_acc_fp32"] = greedy_accuracy(model, tokenizer, load_task({"name": "tiny-arith", "seed": args.seed}).val)
+    val = load_task({"name": "tiny-arith", "seed": args.seed}).val
+    accs = measure_accuracies(model, tokenizer, val)
+    meta["val_acc"] = accs  # greedy, strict reward, on the full default validation set
+    meta["val_acc_fp32"] = accs["fp32"]
     save(model, tokenizer, meta, args.out)
     print(json.dumps({k: v for k, v in meta.items() if k != "curve"}))
     return 0

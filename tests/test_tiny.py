@@ -1,0 +1,80 @@
+"""The shipped tiny checkpoint: offline loading, tokenizer, and that it actually learned."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from objective.tasks import load_task
+from objective.tiny import TINY_CHECKPOINT_DIR, load_tiny
+from objective.tiny.pretrain import build_model, greedy_accuracy, greedy_responses, train
+from objective.tiny.tokenizer import build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny():  # noqa: ANN201
+    return load_tiny()
+
+
+def test_tokenizer_round_trip_and_specials() -> None:
+    tok = build_tokenizer()
+    text = "37+58=#### 95\nWhat is 3*4? $1,000."
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text)  # one token per character
+    assert tok.decode(ids) == text
+    assert tok.unk_token_id in tok("é", add_special_tokens=False)["input_ids"]
+    assert len({tok.pad_token_id, tok.eos_token_id, tok.bos_token_id, tok.unk_token_id}) == 4
+    assert tok.decode(ids + [tok.eos_token_id], skip_special_tokens=True) == text
+
+
+def test_load_tiny_offline_matches_tokenizer_and_architecture(tiny) -> None:  # noqa: ANN001
+    model, tok = tiny
+    assert type(model).__name__ == "Qwen2ForCausalLM"
+    assert model.config.num_hidden_layers >= 8
+    assert model.config.tie_word_embeddings
+    assert type(model.model.norm).__name__ == "Qwen2RMSNorm"
+    assert isinstance(model.model.layers[0].mlp.down_proj, torch.nn.Linear)
+    assert 1_000_000 <= sum(p.numel() for p in model.parameters()) <= 2_500_000
+    ids = tok(["12+3=", "4*5="], return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        logits = model(**ids).logits
+    assert logits.shape == (2, ids["input_ids"].shape[1], len(tok))
+    assert model.config.vocab_size == len(tok) == len(build_tokenizer())
+    assert tok.decode(tok("37+58=")["input_ids"]) == "37+58="
+
+
+def test_load_tiny_dtype(tiny) -> None:  # noqa: ANN001
+    model, _ = load_tiny(dtype=torch.bfloat16)
+    assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_shipped_checkpoint_has_learned(tiny) -> None:  # noqa: ANN001
+    """A random model scores ~0; the shipped one must solve a real share of held-out problems."""
+    model, tok = tiny
+    val = load_task({"name": "tiny-arith", "num_val": 50}).val
+    acc = greedy_accuracy(model, tok, val)
+    assert acc > 0.2
+    responses = greedy_responses(model, tok, [e.prompt for e in val[:10]])
+    assert all(r.startswith("#### ") for r in responses)  # it learned the GSM8K answer format
+    fresh = build_model(build_tokenizer(), seed=0)
+    assert greedy_accuracy(fresh, tok, val) < 0.05
+
+
+def test_pretrain_meta_records_calibration() -> None:
+    meta = json.loads((TINY_CHECKPOINT_DIR / "pretrain_meta.json").read_text())
+    for key in ("steps", "seed", "train_problems", "val_acc_fp32", "train_wall_time_s"):
+        assert key in meta
+    assert 0.2 < meta["val_acc_fp32"] < 0.9  # leaves RL room by design
+
+
+def test_pretrain_is_deterministic() -> None:
+    """Two short runs with the same seed give identical weights (the shipped one is reproducible)."""
+    m1, _, meta1 = train(steps=3, seed=5)
+    m2, _, _ = train(steps=3, seed=5)
+    for (n, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(a, b), n
+    m3, _, _ = train(steps=3, seed=6)
+    assert not torch.equal(m1.lm_head.weight, m3.lm_head.weight)
+    assert meta1["steps"] == 3 and meta1["train_examples_seen"] == 3 * 64
