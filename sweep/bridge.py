@@ -97,14 +97,17 @@ def _set_attr_if_running(storage: optuna.storages.BaseStorage, trial_id: int, ke
         return False
 
 
-def fail_stale_trials(study: optuna.Study, *, grace_period_s: float) -> list[int]:
+def fail_stale_trials(
+    study: optuna.Study, *, grace_period_s: float, exclude_driver: str | None = None
+) -> list[int]:
     """FAIL trials left RUNNING by a dead driver and re-queue their params (once each).
 
     Liveness is optuna's heartbeat table (RDBStorage(heartbeat_interval, grace_period)): each
     live driver beats for its running trials from a thread (ask/tell never starts optuna's own
     beat, which lives inside `study.optimize`). A RUNNING trial is stale when its beat is older
     than the grace period (judged with the database clock, so hosts' clocks do not matter), or
-    when it never beat and started longer ago than the grace period. Returns their numbers.
+    when it never beat and started longer ago than the grace period. Trials owned by
+    `exclude_driver` (this driver's id) are never failed here. Returns their numbers.
     """
     storage = study._storage
     rdb = _rdb_of(storage)
@@ -113,18 +116,25 @@ def fail_stale_trials(study: optuna.Study, *, grace_period_s: float) -> list[int
         stale_ids.update(rdb._get_stale_trial_ids(study._study_id))
     beating = _trials_with_heartbeat(rdb, study._study_id) if rdb is not None else set()
     now = time.time()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if _driver_gone(t):
-            stale_ids.add(t._trial_id)  # its driver ran here and has exited: no need to wait
-            continue
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in running:
         if t._trial_id in beating:
             continue
         started = t.datetime_start.timestamp() if t.datetime_start else 0.0
         if now - started > grace_period_s:
             stale_ids.add(t._trial_id)
+    if exclude_driver is not None:
+        mine = {t._trial_id for t in running if (t.user_attrs.get(DRIVER_ATTR) or {}).get("id") == exclude_driver}
+        stale_ids -= mine
+    return fail_and_requeue(study, sorted(stale_ids))
+
+
+def fail_and_requeue(study: optuna.Study, trial_ids: list[int], reason: str = DRIVER_DIED) -> list[int]:
+    """FAIL RUNNING trials (reason first, while still writable) and enqueue their params once."""
+    storage = study._storage
     failed: list[optuna.trial.FrozenTrial] = []
-    for trial_id in sorted(stale_ids):
-        if not _set_attr_if_running(storage, trial_id, "fail_reason", DRIVER_DIED):
+    for trial_id in trial_ids:
+        if not _set_attr_if_running(storage, trial_id, "fail_reason", reason):
             continue
         try:
             if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
@@ -143,35 +153,6 @@ def fail_stale_trials(study: optuna.Study, *, grace_period_s: float) -> list[int
     if failed:
         study.set_user_attr(REQUEUED_ATTR, sorted(requeued))
     return [t.number for t in failed]
-
-
-def _driver_gone(trial: optuna.trial.FrozenTrial) -> bool:
-    """True when the trial's driver ran on this host under a pid that no longer runs.
-
-    A driver restarted right after a kill must not wait out the heartbeat grace period for
-    its own dead trials (they would otherwise stay RUNNING while it finishes the budget).
-    Drivers on other hosts, or a pid that is alive (even if reused), fall back to heartbeats.
-    """
-    owner = trial.user_attrs.get(DRIVER_ATTR)
-    if not isinstance(owner, dict) or owner.get("host") != socket.gethostname():
-        return False
-    pid = owner.get("pid")
-    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            state = fh.read().rsplit(b")", 1)[1].split()[0]
-        return state in (b"Z", b"X")  # a zombie has exited
-    except FileNotFoundError:
-        return True
-    except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except OSError:
-            return False
-        return False
 
 
 def _rdb_of(storage: Any) -> optuna.storages.RDBStorage | None:
@@ -196,15 +177,20 @@ def _trials_with_heartbeat(storage: optuna.storages.RDBStorage, study_id: int) -
 class _Heartbeat(threading.Thread):
     """Beats for this driver's RUNNING trials every `interval` seconds."""
 
-    def __init__(self, searcher: NoisesweepSearch, interval: float) -> None:
+    def __init__(self, searcher: NoisesweepSearch, interval: float, stale_check_s: float | None) -> None:
         super().__init__(name="noisesweep-heartbeat", daemon=True)
         self.searcher = searcher
         self.interval = interval
+        self.stale_check_s = stale_check_s
         self.stop_event = threading.Event()
 
     def run(self) -> None:
+        last_check = time.monotonic()
         while not self.stop_event.wait(self.interval):
             self.searcher.beat()
+            if self.stale_check_s and time.monotonic() - last_check >= self.stale_check_s:
+                last_check = time.monotonic()
+                self.searcher.reclaim_stale(self.stale_check_s)
 
 
 class NoisesweepSearch(OptunaSearch):
@@ -226,6 +212,7 @@ class NoisesweepSearch(OptunaSearch):
         scheduler_name: str = "the scheduler",
         progress: Any = None,
         heartbeat_interval: float | None = None,
+        grace_period: float | None = None,
     ) -> None:
         if not isinstance(storage, optuna.storages.BaseStorage):
             raise TypeError("NoisesweepSearch needs an optuna storage object, not a URL")
@@ -260,7 +247,7 @@ class NoisesweepSearch(OptunaSearch):
         self.stop_reason: str | None = None
         self._heartbeat: _Heartbeat | None = None
         if heartbeat_interval:
-            self._heartbeat = _Heartbeat(self, heartbeat_interval)
+            self._heartbeat = _Heartbeat(self, heartbeat_interval, grace_period)
             self._heartbeat.start()
 
     # --- liveness -----------------------------------------------------------------------
@@ -277,9 +264,26 @@ class NoisesweepSearch(OptunaSearch):
             except Exception:  # noqa: BLE001 - a missed beat only risks a late FAIL
                 pass
 
-    def close(self) -> None:
+    def reclaim_stale(self, grace_period_s: float) -> list[int]:
+        """During a run: fail and re-queue trials of drivers that died meanwhile (not ours)."""
+        try:
+            numbers = fail_stale_trials(self.study, grace_period_s=grace_period_s, exclude_driver=self.driver["id"])
+        except Exception:  # noqa: BLE001 - the start-up check of the next run catches them
+            return []
+        if numbers and self.progress is not None:
+            self.progress.note(f"re-queued trial(s) {numbers} of a driver that stopped beating")
+        return numbers
+
+    def close(self) -> list[int]:
+        """Stop beating; trials this driver still has RUNNING (Ctrl-C, a crash of Tune) are
+        failed as "driver died" and re-queued now, not left for the grace period to expire."""
         if self._heartbeat is not None:
             self._heartbeat.stop_event.set()
+        with self._lock:
+            left = [self._ot_trials[t]._trial_id for t in self._running
+                    if t in self._ot_trials and t not in self._completed_trials]
+            self._running.clear()
+        return fail_and_requeue(self.study, sorted(left)) if left else []
 
     # --- Searcher API ---------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict | None:

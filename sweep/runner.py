@@ -323,6 +323,7 @@ def run_sweep(
         scheduler_name=scheduler_name,
         progress=progress,
         heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
     )
     out_dir = Path(results_dir) if results_dir else default_results_dir(plan.study_name)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -338,7 +339,9 @@ def run_sweep(
                 tune_config=tune.TuneConfig(
                     search_alg=ConcurrencyLimiter(searcher, max_concurrent=max(plan.max_concurrent, 1)),
                     scheduler=scheduler,
-                    num_samples=remaining if remaining is not None else -1,
+                    # the searcher ends the run (Searcher.FINISHED) when the budget says so: it
+                    # sees the whole study, so trials re-queued mid-run and other drivers count
+                    num_samples=-1,
                     reuse_actors=False,
                     trial_name_creator=_trial_name,
                     trial_dirname_creator=_trial_name,
@@ -359,7 +362,9 @@ def run_sweep(
         else:
             searcher.stop_reason = refusal
     finally:
-        searcher.close()
+        abandoned = searcher.close()
+        if abandoned:
+            progress.note(f"trial(s) {abandoned} did not finish; failed and re-queued for the next run")
     progress.summary()
     trials = study.get_trials(deepcopy=False)
     counts = {s.name: sum(1 for t in trials if t.state == s) for s in TrialState}

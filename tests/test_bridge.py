@@ -295,3 +295,21 @@ def test_asha_rungs_at_validation_steps_and_final_step_never_pruned():
     assert build_scheduler(PruningPlan(kind="median"), "maximize")[1] == "median rule"
     with pytest.raises(ValueError, match="pruning.kind"):
         build_scheduler(PruningPlan(kind="hyperband"), "maximize")
+
+
+def test_close_requeues_own_unfinished_trials_and_periodic_check_spares_them(storage):
+    # Ctrl-C / a crash in Tune: the driver's own RUNNING trials must not wait for a grace period
+    s = make(storage, heartbeat_interval=None)
+    s.suggest("done")
+    s.on_trial_complete("done", final(0.5))
+    s.suggest("cut")
+    params = dict(s._ot_trials["cut"].params)
+    # another driver's trial that never beat: reclaimed by the periodic check; ours is spared
+    other = s.study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    assert s.reclaim_stale(0) == [other.number]
+    assert s.study.get_trials()[s._ot_trials["cut"].number].state == TrialState.RUNNING
+    assert s.close() == [s._ot_trials["cut"].number]
+    cut = s.study.get_trials()[s._ot_trials["cut"].number]
+    assert cut.state == TrialState.FAIL and cut.user_attrs["fail_reason"] == "driver died"
+    waiting = s.study.get_trials(states=(TrialState.WAITING,))
+    assert params in [t.system_attrs["fixed_params"] for t in waiting]
