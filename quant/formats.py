@@ -25,9 +25,9 @@ results equal torchao's ``nvfp4_quantize`` with ``per_tensor_scale`` bit for bit
 
 Block-scale lower clamp (decision): we do NOT clamp block scales from below. torchao clamps the
 scaled block scale to 2^-6 (smallest E4M3 normal); TransformerEngine keeps E4M3 subnormals
-(2^-9 .. 2^-7 steps). E4M3 subnormals are valid NVFP4 scale encodings and hardware consumes them,
+(multiples of 2^-9 below 2^-6). E4M3 subnormals are valid NVFP4 scale encodings and hardware consumes them,
 so blocks much smaller than the tensor maximum (amax_b < amax / 28672) keep their resolution
-instead of being coarsened; a block whose scale rounds to 0 (amax_b < amax / 1376256 roughly)
+instead of being coarsened; a block whose scale rounds to 0 (amax_b <= amax / 458752)
 dequantizes to exactly 0. A NaN or Inf anywhere makes the whole tensor NaN (the per-tensor scale
 is poisoned); an all-zero tensor stays zero.
 """

@@ -174,7 +174,7 @@ def test_nvfp4_block_scales_below_the_e4m3_normal_range_are_not_clamped() -> Non
     x[0, 0] = 2688.0  # s = 1
     x[0, 16] = 6 * 3 * 2.0**-9  # block scale 3 * 2^-9 (an E4M3 subnormal), element 6
     x[0, 17] = 3 * 2.0**-9  # -> 1 unit
-    x[0, 32] = 6 * 2.0**-12  # block scale 2^-11 rounds to 0 in E4M3 -> the block is 0
+    x[0, 32] = 6 * 2.0**-12  # block scale 2^-12 rounds to 0 in E4M3 -> the block is 0
     q = fake_quantize(x, "nvfp4")[0]
     assert q[16:18].tolist() == [6 * 3 * 2.0**-9, 3 * 2.0**-9]
     assert q[32].item() == 0.0
