@@ -20,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from sweep import hypotheses  # noqa: E402
@@ -84,6 +85,15 @@ def plot_history(record: StudyRecord, path: Path) -> None:
         ax.errorbar([n + 0.25], [entry["mean"]], yerr=yerr, fmt="D", color="#9467bd", capsize=4,
                     label="confirmed mean (95% CI)" if first else None)
         first = False
+    ys_all = [v for t in trials for v in ([t.value] if t.state == TrialState.COMPLETE else [])]
+    ys_all += [e["mean"] for e in record.confirmations.values() if _finite((e or {}).get("mean"))]
+    ys_all = [v for v in ys_all if _finite(v)]
+    if ys_all:  # whiskers of a 2-seed interval can span +-3: clip them rather than flatten the points
+        lo, hi = min(ys_all + [c.get_offsets()[:, 1].min() for c in ax.collections if len(c.get_offsets())]), max(
+            ys_all + [c.get_offsets()[:, 1].max() for c in ax.collections if len(c.get_offsets())])
+        pad = max((hi - lo) * 0.15, 0.02)
+        ax.set_ylim(lo - pad, hi + pad)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial number")
     ax.set_ylabel(_metric(record))
     ax.set_title(f"Optimization history: {record.name}")
@@ -93,7 +103,7 @@ def plot_history(record: StudyRecord, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_intermediate(record: StudyRecord, path: Path) -> None:
+def plot_intermediate(record: StudyRecord, path: Path, best_number: int | None = None) -> None:
     fig, ax = plt.subplots(figsize=(9, 5))
     trials = [t for t in record.trials() if t.intermediate_values]
     if not trials:
@@ -124,10 +134,12 @@ def plot_intermediate(record: StudyRecord, path: Path) -> None:
         if state != "COMPLETE" and len(trials) - len(complete) <= 15:  # label a few, not a crowd
             ax.annotate(f"#{t.number}", (steps[-1], vals[-1]), fontsize=7, color=kw["color"],
                         xytext=(3, 0), textcoords="offset points")
-    best = max(complete, key=lambda t: t.value if record.maximize else -t.value) if finals else None  # type: ignore[arg-type,operator]
-    if best is not None:
+    best = next((t for t in complete if t.number == best_number), None)
+    if best is not None:  # a halo under the curve, so equal curves stay visible on top of it
         steps = sorted(best.intermediate_values)
-        ax.plot(steps, [best.intermediate_values[s] for s in steps], color="black", lw=2.6, label=f"best (trial {best.number})")
+        ax.plot(steps, [best.intermediate_values[s] for s in steps], color="black", lw=7, alpha=0.25, zorder=1,
+                solid_capstyle="round", label=f"best config (trial {best.number})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("training step")
     ax.set_ylabel(_metric(record))
     ax.set_title("Validation accuracy vs training step (pruned: dashed grey)")
@@ -179,7 +191,7 @@ def plot_parallel(record: StudyRecord, path: Path) -> str | None:
         return note
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.simplefilter("ignore")  # ExperimentalWarning; singular ylim on a constant param
             ax = plot_parallel_coordinate(record.study, target_name=_metric(record).split("/")[-2] if "/" in _metric(record) else "value")
         fig = ax.figure
         fig.set_size_inches(12, 5.5)
@@ -219,7 +231,11 @@ def plot_profile(record: StudyRecord, path: Path, multipliers: list[float] | Non
     n = len(errs)
     fig, ax = plt.subplots(figsize=(max(8, 0.38 * n + 3), 5))
     xs = list(range(n))
-    ax.bar(xs, errs, color=[colors.get(profile.zone_of(i) or "", "#bbbbbb") for i in xs], alpha=0.85, width=0.8)
+    bars = ax.bar(xs, errs, color=[colors.get(profile.zone_of(i) or "", "#bbbbbb") for i in xs], alpha=0.85, width=0.8)
+    if n <= 16:  # small models: the values themselves (a flat profile differs in the decimals)
+        for bar, e in zip(bars, errs):
+            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() / 2, f"{e:.1f}", ha="center", va="center",
+                    fontsize=8, color="white", rotation=90)
     ax.set_xlabel("decoder layer")
     ax.set_ylabel("relative quantization error at the layer output (%)")
     ax.set_xticks(xs if n <= 32 else xs[:: max(1, n // 16)])
@@ -257,7 +273,7 @@ def write_report(record: StudyRecord, out_dir: str | Path) -> Path:
     except Exception:  # noqa: BLE001 - no COMPLETE trial yet: the report still shows the rest
         best = None
     plot_history(record, out / "history.png")
-    plot_intermediate(record, out / "intermediate.png")
+    plot_intermediate(record, out / "intermediate.png", best.trial.number if best else None)
     notes["importances.png"] = plot_importances(record, out / "importances.png")
     notes["parallel.png"] = plot_parallel(record, out / "parallel.png")
     mult_label = f"best config multipliers (trial {best.trial.number})" if best else ""
