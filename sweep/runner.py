@@ -248,6 +248,9 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
                               "log_to_driver": os.environ.get("NOISESWEEP_RAY_LOGS") == "1",
                               "configure_logging": True}
+    # Ray records the driver's command line (job table, session logs): a --storage URL with a
+    # password must not travel there.
+    sys.argv = [mask_url(a) if "://" in a else a for a in sys.argv]
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
     else:

@@ -75,7 +75,10 @@ def closing_text(summary: Any, spec: Any, url: str, args: argparse.Namespace) ->
         lines.append("  " + json.dumps(summary.best_params, sort_keys=True))
         lines.append("  (one seed: confirm it on fresh seeds with "
                      f"`noisesweep confirm {args.study}`)")
-    storage_flag = f" --storage '{mask_url(args.storage)}'" if args.storage else ""
+    storage_flag = f" --storage '{args.storage}'" if args.storage else ""
+    if args.storage and mask_url(args.storage) != args.storage:
+        storage_flag = ""  # never echo a password: point to the environment variable instead
+        lines.append("(with NOISESWEEP_STORAGE set to your storage URL)")
     study_arg = args.study
     lines += [
         "next:",
