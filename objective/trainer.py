@@ -269,6 +269,8 @@ class Trainer:
         t2 = time.monotonic()
         self.phase_s["train"] += t2 - t1
         metrics["time/step_s"] = t2 - t0
+        metrics["time/rollout_s"] = t1 - t0
+        metrics["time/train_s"] = t2 - t1
         metrics["perf/tokens_per_s"] = n_tokens / max(t2 - t0, 1e-9)
         return metrics
 
@@ -379,8 +381,10 @@ def _run(trainer: Trainer, cfg: TrialConfig, report: ReportFn | None, t_start: f
     state: dict[str, Any] = {"value": None, "step": None}
 
     def result(status: str, reason: str | None = None) -> TrialResult:
+        recs = trainer.noise.records
         applied = {
-            "sigma": sigmas[: len(train_hist)],
+            # from the injector's records when there is one: what was applied, not what was asked
+            "sigma": [float(r["sigma"]) for r in recs] if cfg.noise.enabled else sigmas[: len(train_hist)],
             "noise_site": cfg.noise.site if cfg.noise.enabled else None,
             "noise_apply_to": cfg.noise.apply_to if cfg.noise.enabled else None,
             "multipliers": None,
@@ -389,7 +393,6 @@ def _run(trainer: Trainer, cfg: TrialConfig, report: ReportFn | None, t_start: f
             "train": train_hist,
             "phase_s": dict(trainer.phase_s),
         }
-        recs = trainer.noise.records
         if recs:  # what the injector really applied, not what the config asked for
             applied["multipliers"] = list(recs[-1].get("multipliers", []))
         return TrialResult(

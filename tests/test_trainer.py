@@ -18,7 +18,7 @@ from objective import grpo as grpo_mod
 from objective import reward as reward_mod
 
 VAL = "val-core/tiny-arith/acc/mean@1"
-TIMING = ("time/step_s", "perf/tokens_per_s")
+TIMING = ("time/step_s", "time/rollout_s", "time/train_s", "perf/tokens_per_s")
 
 
 @pytest.fixture(scope="module")
