@@ -15,7 +15,9 @@ progress lines matter more than parallelism, and a trial that fails or is cut sh
 recorded as a failure (the mean is over the runs that completed). The objective is rebuilt
 from the stored spec: the built-in trainer through `SearchSpace.to_trial_config(params,
 seed=...)` + `objective.run_trial`, a command objective through `run_command_trial`.
-A `runner(params, seed) -> TrialResult` can be injected (tests, custom execution).
+A `runner(params, seed) -> TrialResult` can be injected (tests, custom execution). A run that
+raises is recorded as a failure, except ValueError/FileNotFoundError (the objective's way of
+saying the spec itself is wrong, e.g. a missing command cwd): those stop the confirmation.
 """
 
 from __future__ import annotations
@@ -212,8 +214,8 @@ def confirm_study(
             try:
                 result = run(dict(t.params), seed)
                 status, value, reason = result.status, result.value, result.reason
-            except (KeyboardInterrupt, UserError):
-                raise
+            except (KeyboardInterrupt, UserError, ValueError, FileNotFoundError):
+                raise  # an interrupt, or a spec problem (bad cwd, unmapped value) that would fail every run alike
             except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others
                 status, value, reason = "failed", None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             dt = time.monotonic() - t0

@@ -153,3 +153,22 @@ def test_an_interrupted_confirmation_keeps_the_runs_it_finished(tmp_path):
         confirm_study(record, top=1, seeds=3, runner=interrupted)
     entry = optuna.load_study(study_name=STUDY, storage=url).user_attrs["confirmations"]["2"]
     assert entry["seeds"] == [1000, 1001] and len(entry["values"]) == 2 and entry["ci_low"] is not None
+
+
+def test_a_spec_problem_stops_instead_of_failing_every_run(tmp_path, capsys):
+    url, _, _ = make_study(tmp_path)
+    record = open_record(STUDY, url)
+    calls = []
+
+    def crashing(params, seed):
+        calls.append(seed)
+        if seed == 1000:
+            raise RuntimeError("CUDA error: device-side assert")  # one bad run: recorded, the rest go on
+        raise FileNotFoundError("command cwd '/nope' is not a directory")
+
+    with pytest.raises(FileNotFoundError):
+        confirm_study(record, top=1, seeds=3, runner=crashing)
+    assert calls == [1000, 1001]
+    entry = optuna.load_study(study_name=STUDY, storage=url).user_attrs["confirmations"]["2"]
+    assert entry["values"] == [] and entry["mean"] is None
+    assert entry["failures"] == [{"seed": 1000, "status": "failed", "reason": "RuntimeError: CUDA error: device-side assert"}]
