@@ -331,3 +331,49 @@ def fake_verl_trial(values: dict[str, Any], report: Callable, *, mode: str = "no
 
 def jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
+
+
+# --------------------------------------------------------------------------- a study without Ray
+def make_contract_study(url: str, study_path: Path, *, states: Iterable[str]) -> optuna.Study:
+    """A study as `noisesweep run` records it, built through the product's own space (no Ray).
+
+    Each trial is asked through SearchSpace.define (so params, distributions and the derived
+    sigma_end/multipliers are the product's), gets the contract's user_attrs and intermediate
+    values at the real steps, and ends in the given state ("complete", "pruned", "fail").
+    """
+    import math as _math
+
+    from sweep.space import SearchSpace
+    from sweep.study import load_study
+
+    spec = load_study(study_path)
+    profile = spec.srdd_profile
+    space = SearchSpace.from_spec(spec, profile)
+    study = optuna.create_study(study_name=spec.name, storage=url, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=5))
+    study.set_user_attr("noisesweep_spec", spec.to_record())
+    study.set_user_attr("srdd_profile", json.loads(profile.to_json()))
+    for i, state in enumerate(states):
+        trial = study.ask()
+        derived = space.define(trial)
+        x = _math.log10(trial.params["sigma_start"])
+        final = round(0.55 + 0.05 * _math.exp(-((x + 2.0) ** 2)) + 0.001 * i, 6)
+        steps = [5, 10, 15, 20] if state != "pruned" else [5, 10]
+        for step in steps:
+            trial.report(round(0.08 + (final - 0.08) * step / 20, 6), step)
+        attrs = {"sigma_end": derived["sigma_end"], "multipliers": list(derived["multipliers"]), "seed": 0,
+                 "wall_time_s": 60.0 + i, "compute_hours": (60.0 + i) / 3600, "last_step": steps[-1],
+                 "metrics": {ACC_KEY: final}}
+        if state == "pruned":
+            attrs["fail_reason"] = "pruned at step 10 by ASHA"
+        if state == "fail":
+            attrs["fail_reason"] = "exit code 1: RuntimeError: CUDA error: an illegal memory access"
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        if state == "complete":
+            study.tell(trial, final)
+        elif state == "pruned":
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, state=TrialState.FAIL)
+    return study
