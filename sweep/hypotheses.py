@@ -118,7 +118,7 @@ def decide(h: Hypothesis, confirmations: dict[str, dict[str, Any]], maximize: bo
     a, b = h.a, h.b
     empty = [s.label for s in (a, b) if s.n == 0]
     if empty:
-        h.verdict, h.reason = INCONCLUSIVE, f"no COMPLETE trial on the {' and '.join(empty)} side"
+        h.verdict, h.reason = INCONCLUSIVE, f"no COMPLETE trial on the {' and '.join(empty)} side{'s' if len(empty) > 1 else ''}"
         return
     assert a.best_score is not None and b.best_score is not None
     diff = (a.best_score - b.best_score) if maximize else (b.best_score - a.best_score)

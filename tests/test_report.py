@@ -128,3 +128,13 @@ def test_h2_reference_sigma_sits_on_neither_side(value):
 
     hs = analyze([T(0, value), T(1, 0.08)], {}, worst_zone="high", worst_layers=[3, 4, 5])
     assert hs[1].a.n == 1 and hs[1].b.n == 0 and hs[1].verdict == INCONCLUSIVE
+
+
+def test_a_study_without_complete_trials_still_reports(tmp_path):
+    url, _, _ = make_study(tmp_path, planted=[PLANTED[5], PLANTED[6]])
+    out = tmp_path / "r"
+    assert main(["report", STUDY, "--storage", url, "-o", str(out)]) == 0
+    assert all((out / n).read_bytes()[:8] == PNG_MAGIC for n in PLOTS)
+    md = (out / "summary.md").read_text()
+    assert "No COMPLETE trial yet." in md
+    assert "- **H1: inconclusive**: no COMPLETE trial on the global and targeted sides." in md
