@@ -13,6 +13,15 @@ from objective.tiny.pretrain import build_model, greedy_accuracy, greedy_respons
 from objective.tiny.tokenizer import build_tokenizer
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():  # noqa: ANN201
+    """Tiny matmuls gain nothing from threads, and 2 threads on a busy 2-core box stall badly."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny():  # noqa: ANN201
     return load_tiny()

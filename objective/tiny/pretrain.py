@@ -23,7 +23,7 @@ import torch
 from objective.tasks import tiny_arith
 from objective.tiny.tokenizer import build_tokenizer
 
-DEFAULT_STEPS = 1500
+DEFAULT_STEPS = 1750  # calibrated: fp32 ~70 %, MXFP4 W4A4 ~57 % greedy val accuracy
 DEFAULT_SEED = 0
 BATCH_SIZE = 64
 LR = 3e-3
