@@ -2,7 +2,7 @@
 
 The defaults are the embedded tiny CPU setup (what `make sweep` runs): the shipped tiny Qwen2,
 the synthetic arithmetic task, MXFP4 W4A4 with STE, LoRA r=8 on all projections, GRPO with
-16 prompts x 8 samples, 20 steps validated at 0/5/10/15/20. Bad input fails here, in one line
+16 prompts x 8 samples, lr 2e-3, 20 steps validated at 0/5/10/15/20. Bad input fails here, in one line
 naming the key path, instead of minutes into a trial.
 """
 
@@ -49,7 +49,9 @@ class LoraCfg(_Section):
 
 class AlgoCfg(_Section):
     name: Literal["grpo", "dapo"] = "grpo"
-    lr: float = Field(5e-4, gt=0)  # a prototype on the tiny task: 2e-3 unstable, 5e-4 good
+    # On the shipped tiny checkpoint (seed 0, 20 steps): fp32 46 -> 57 % at 5e-4, 46 -> 63 % at
+    # 2e-3; MXFP4 W4A4 44 -> 54 % at 5e-4, 44 -> 60 % at 2e-3 (no instability within 20 steps).
+    lr: float = Field(2e-3, gt=0)
     prompts_per_step: int = Field(16, ge=1)
     samples_per_prompt: int = Field(8, ge=2)
     temperature: float = Field(1.0, gt=0)

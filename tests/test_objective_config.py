@@ -12,7 +12,7 @@ def test_defaults_are_the_tiny_cpu_setup() -> None:
     assert c.model.path == "tiny" and c.task.name == "tiny-arith"
     assert (c.quant.format, c.quant.mode, c.quant.ste) == ("mxfp4", "w4a4", True)
     assert c.lora.rank == 8 and c.lora.target_modules == ALL_PROJECTIONS
-    assert (c.algo.prompts_per_step, c.algo.samples_per_prompt, c.algo.lr) == (16, 8, 5e-4)
+    assert (c.algo.prompts_per_step, c.algo.samples_per_prompt, c.algo.lr) == (16, 8, 2e-3)
     assert c.steps.total == 20 and c.steps.val_at == [0, 5, 10, 15, 20]
     assert c.rollout.backend == "hf" and c.threads >= 1 and not c.noise.enabled
 
