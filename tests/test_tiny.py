@@ -54,6 +54,15 @@ def test_load_tiny_offline_matches_tokenizer_and_architecture(tiny) -> None:  # 
     assert tok.decode(tok("37+58=")["input_ids"]) == "37+58="
 
 
+def test_loaded_tokenizer_encodes_like_pretraining(tiny) -> None:  # noqa: ANN001
+    """transformers' AutoTokenizer swaps in Qwen2's byte-level pre-tokenizer, dropping spaces."""
+    _, tok = tiny
+    text = "37+58=#### 95"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert ids == build_tokenizer()(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == text
+
+
 def test_load_tiny_dtype(tiny) -> None:  # noqa: ANN001
     model, _ = load_tiny(dtype=torch.bfloat16)
     assert next(model.parameters()).dtype == torch.bfloat16

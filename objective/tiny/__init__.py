@@ -17,7 +17,7 @@ TINY_CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoint"
 
 def load_tiny(dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """Load the shipped tiny checkpoint and its tokenizer (offline); the model is in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     if not (TINY_CHECKPOINT_DIR / "config.json").is_file():
         raise FileNotFoundError(
@@ -25,7 +25,9 @@ def load_tiny(dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
             "`python -m objective.tiny.pretrain --out objective/tiny/checkpoint`"
         )
     model = AutoModelForCausalLM.from_pretrained(TINY_CHECKPOINT_DIR, local_files_only=True, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(TINY_CHECKPOINT_DIR, local_files_only=True)
+    # Not AutoTokenizer: transformers 5 maps model_type qwen2 to Qwen2Tokenizer, whose byte-level
+    # pre-tokenizer replaces our character one and drops spaces ("#### 95" -> "####95").
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(TINY_CHECKPOINT_DIR, local_files_only=True)
     model.eval()
     return model, tokenizer
 
