@@ -129,7 +129,7 @@ def test_to_trial_config_zeroes_layers_outside_the_zones(qwen_space: SearchSpace
     assert all(m[i] > 0 for i in range(4, 26))
     assert m[15] > m[5]  # alpha 1: the worst layer gets more noise
     # the fixed settings survive
-    assert cfg.lora.rank == 32 and cfg.algo.name == "dapo" and cfg.steps.total == 29
+    assert cfg.lora.rank == 32 and cfg.algo.name == "dapo" and cfg.steps.total == 20
     uniform = qwen_space.to_trial_config({**params, "alpha": 0.0}, seed=7).noise.layer_multipliers
     assert sorted(set(uniform)) == [0.0, 1.0]
 
