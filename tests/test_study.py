@@ -311,3 +311,28 @@ def test_budget_either_or_both(tmp_path: Path, tiny_profile: Path) -> None:
     hours_only = load_study(write_study(tmp_path, tiny_profile, budget={"compute_hours": 2.5})).budget
     assert (hours_only.trials, hours_only.compute_hours) == (None, 2.5)
     assert load_study(write_study(tmp_path, tiny_profile, budget=None)).budget.trials == 20
+
+
+@pytest.mark.parametrize(
+    "url, secret",
+    [
+        ("postgresql://u:hunter2@db/x", "hunter2"),
+        ("postgresql://u@db/x?password=hunter2", "hunter2"),
+        ("postgresql+psycopg://db/x?user=u&PASSWORD=hunter2&sslmode=require", "hunter2"),
+        ("weird://u:hunter2@db:port/x?pwd=hunter2", "hunter2"),  # not parseable by SQLAlchemy
+    ],
+)
+def test_mask_url_hides_passwords_in_userinfo_and_query(url: str, secret: str) -> None:
+    """libpq also takes `?password=`: a URL written that way must not leak either."""
+    from sweep.secrets import mask_url
+
+    masked = mask_url(url)
+    assert secret not in masked
+    assert "***" in masked
+    assert mask_url("sqlite:///plain.db") == "sqlite:///plain.db"
+
+
+def test_a_query_string_password_in_the_study_file_is_refused(tmp_path: Path, tiny_profile: Path) -> None:
+    with pytest.raises(UserError, match=r"storage:.*password") as err:
+        load_study(write_study(tmp_path, tiny_profile, storage="postgresql://u@db/x?password=hunter2"))
+    assert "hunter2" not in str(err.value)
