@@ -118,6 +118,9 @@ def fail_stale_trials(
     now = time.time()
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in running:
+        if _driver_gone(t):
+            stale_ids.add(t._trial_id)  # its driver ran here and has exited: no need to wait
+            continue
         if t._trial_id in beating:
             continue
         started = t.datetime_start.timestamp() if t.datetime_start else 0.0
@@ -153,6 +156,36 @@ def fail_and_requeue(study: optuna.Study, trial_ids: list[int], reason: str = DR
     if failed:
         study.set_user_attr(REQUEUED_ATTR, sorted(requeued))
     return [t.number for t in failed]
+
+
+def _driver_gone(trial: optuna.trial.FrozenTrial) -> bool:
+    """True when the trial's driver ran on this host under a pid that no longer runs.
+
+    A driver restarted right after a kill must not wait out the heartbeat grace period for
+    the dead driver's trials: a short resumed run would otherwise end with them still RUNNING
+    (counted as running, never re-queued). Drivers on other hosts, or a pid that is alive
+    (even if reused), fall back to heartbeats.
+    """
+    owner = trial.user_attrs.get(DRIVER_ATTR)
+    if not isinstance(owner, dict) or owner.get("host") != socket.gethostname():
+        return False
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+        return state in (b"Z", b"X")  # a zombie has exited
+    except FileNotFoundError:
+        return True
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
 
 
 def _rdb_of(storage: Any) -> optuna.storages.RDBStorage | None:
