@@ -23,28 +23,31 @@ import _common as C  # noqa: E402
 
 RAW = C.DATA / "last_run"
 
-# name -> (full args, quick args); every script also gets --json PATH
-JOBS: dict[str, tuple[list[str], list[str]]] = {
-    "quant_throughput": ([], ["--reps", "3", "--skip-compile-time"]),
-    "trial_time": ([], ["--set", "steps.total=6", "--set", "steps.val_at=[0,3,6]", "--set", "task.num_val=64"]),
-    "sweep_overhead": ([], ["--quick"]),
-    "pruning_savings": ([], ["--quick"]),
-    "sample_efficiency": ([], ["--quick"]),
-    "memory": ([], ["--quick"]),
-    "scaling": ([], ["--quick"]),
+# name -> (script, full args, quick args); every script also gets --json PATH
+JOBS: dict[str, tuple[str, list[str], list[str]]] = {
+    "quant_throughput": ("quant_throughput", [], ["--reps", "3", "--skip-compile-time"]),
+    "trial_time": ("trial_time", [], ["--set", "steps.total=6", "--set", "steps.val_at=[0,3,6]", "--set", "task.num_val=64"]),
+    "sweep_overhead": ("sweep_overhead", [], ["--quick"]),
+    "pruning_savings": ("pruning_savings", [], ["--quick"]),
+    "sample_efficiency": ("sample_efficiency", ["--surface", "synthetic"], ["--quick", "--surface", "synthetic"]),
+    # on the GP fitted to the cached real tiny trials (bench/data/sample_design.json); skipped without it
+    "sample_efficiency_measured": ("sample_efficiency", ["--surface", "measured"], ["--quick", "--surface", "measured"]),
+    "memory": ("memory", [], ["--quick"]),
+    "scaling": ("scaling", [], ["--quick"]),
 }
 PLOTS = [("scaling_layers.png", "Trial step time vs decoder layers"),
          ("scaling_batch.png", "Trial step time vs rollout batch"),
          ("scaling_study_size.png", "Driver time per trial vs study size"),
-         ("sample_efficiency.png", "Sample efficiency (surrogate)")]
+         ("sample_efficiency_synthetic.png", "Sample efficiency on the documented synthetic surface"),
+         ("sample_efficiency_measured.png", "Sample efficiency on the surrogate fitted to real tiny trials")]
 
 
 def run_job(name: str, quick: bool, timeout_s: float) -> dict[str, Any]:
     """Run bench/<name>.py with --json; its stdout, JSON (or None) and wall time."""
-    full, q = JOBS[name]
+    script, full, q = JOBS[name]
     out = RAW / f"{name}.json"
     out.unlink(missing_ok=True)
-    cmd = [sys.executable, str(C.BENCH / f"{name}.py"), *(q if quick else full), "--json", str(out)]
+    cmd = [sys.executable, str(C.BENCH / f"{script}.py"), *(q if quick else full), "--json", str(out)]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=C.ROOT, timeout=timeout_s)
@@ -112,7 +115,7 @@ def rows_for(name: str, res: dict[str, Any], quick: bool) -> list[list[Any]]:
 
         rows.append(["best confirmed accuracy with pruning", "without pruning", "within noise",
                      f"{conf(a)} vs {conf(b)} (mean [95 % CI], {s['confirm_seeds']} seeds)", _met(d["within_noise"])])
-    elif name == "sample_efficiency":
+    elif name.startswith("sample_efficiency"):
         m = d["methods"]
 
         def med(k: str) -> str:
@@ -176,7 +179,7 @@ def render(results: list[dict[str, Any]], machine: dict[str, Any], quick: bool, 
     lines += ["## Details (each script's own output)", ""]
     for res in results:
         lines += [f"### {res['name']} ({res['wall_s']:.0f} s)", "",
-                  f"`bench/{res['name']}.py {' '.join(res['args'])}`", ""]
+                  f"`bench/{JOBS[res['name']][0]}.py {' '.join(res['args'])}`", ""]
         if res["error"]:
             lines += [f"Failed: {res['error']}", ""]
         table = "\n".join(ln for ln in res["stdout"].splitlines() if ln.strip() and not ln.startswith("wrote "))

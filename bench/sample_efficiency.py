@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
            "met": bool(ratio is not None and ratio <= 0.5 and not summary["prior"]["censored"]),
            "hand_made": [n for n, _ in HAND_MADE], "hand_made_true": {n: surface(p) for n, p in HAND_MADE},
            "search_s": elapsed}
-    res["plot"] = str(plot_traces(traces, best, args.plots / "sample_efficiency.png", args.surface))
+    res["plot"] = str(plot_traces(traces, best, args.plots / f"sample_efficiency_{args.surface}.png", args.surface))
     print(C.render_table(["method", "median trials to within 1 pt", "reached / reps", "budget", "per repetition"],
                          [[m, (f">{s['budget']}" if s["censored"] else s["median"]), f"{s['reached']}/{s['reps']}",
                            s["budget"], " ".join("-" if x is None else str(x) for x in s["per_rep"])]

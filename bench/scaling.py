@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         r = bench_layers(layers, steps, reps, num_val)
         out["layers"] = r
         out["plots"]["layers"] = str(plot(layers, {"step time / 8 layers": [r["relative"][n] for n in layers],
-                                                   "linear (n/8)": [n / 8 for n in layers]},
+                                                   "proportional (n/8)": [n / 8 for n in layers]},
                                           xlabel="decoder layers (random weights)", ylabel="relative step time",
                                           title="Trial step time vs layers (MXFP4 W4A4, 16x8 rollout)",
                                           path=args.plots / "scaling_layers.png"))
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         r = bench_batch(batches, steps, reps, num_val)
         out["batch"] = r
         rel = [r["relative"][k] for k in r["labels"]]
-        out["plots"]["batch"] = str(plot(r["x"], {"step time / 16x8": rel, "linear": [x / 128 for x in r["x"]]},
+        out["plots"]["batch"] = str(plot(r["x"], {"step time / 16x8": rel, "proportional (batch/128)": [x / 128 for x in r["x"]]},
                                          xlabel="rollout batch (prompts x samples)", ylabel="relative step time",
                                          title="Trial step time vs rollout batch (tiny, MXFP4 W4A4)",
                                          path=args.plots / "scaling_batch.png", xticklabels=r["labels"]))
