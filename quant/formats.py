@@ -29,7 +29,8 @@ scaled block scale to 2^-6 (smallest E4M3 normal); TransformerEngine keeps E4M3 
 so blocks much smaller than the tensor maximum (amax_b < amax / 28672) keep their resolution
 instead of being coarsened; a block whose scale rounds to 0 (amax_b <= amax / 458752)
 dequantizes to exactly 0. A NaN or Inf anywhere makes the whole tensor NaN (the per-tensor scale
-is poisoned); an all-zero tensor stays zero.
+is poisoned); an all-zero tensor stays zero, and so does a tensor whose amax is below
+2688 * 2^-128 (~7.9e-36), where 1 / s overflows float32 (the recipe would give 0 * inf = NaN).
 """
 
 from __future__ import annotations
@@ -85,16 +86,26 @@ def round_to_e4m3(v: torch.Tensor) -> torch.Tensor:
     return torch.round(v * _pow2(-e)) * _pow2(e)
 
 
+def mx_scale_exponent(amax: torch.Tensor) -> torch.Tensor:
+    """E8M0 shared exponent floor(log2(amax)) - 2 from the float32 bits, clamped to [-127, 127]."""
+    return (_exp_bits(amax) - F32_EXP_BIAS - E2M1_MAX_POW2).clamp(E8M0_MIN_EXP, E8M0_MAX_EXP)
+
+
+def e8m0_value(exp: torch.Tensor) -> torch.Tensor:
+    """Exact float32 2^exp for an E8M0 exponent in [-127, 127].
+
+    2^-127 is a float32 subnormal: built as 2^-126 / 2 (exact); its inverse 2^127 is normal.
+    """
+    return _pow2(exp.clamp(min=-126)) * torch.where(exp < -126, 0.5, 1.0)
+
+
 def mx_kernel(xb: torch.Tensor) -> torch.Tensor:
     """MXFP4 quantize-dequantize of float32 blocks (..., 32) -> float32 (the shared kernel)."""
     amax = xb.abs().amax(dim=-1, keepdim=True)
-    ebits = _exp_bits(amax)
-    exp = (ebits - F32_EXP_BIAS - E2M1_MAX_POW2).clamp(E8M0_MIN_EXP, E8M0_MAX_EXP)
-    # 2^-127 is a float32 subnormal: build it as 2^-126 / 2 (exact); its inverse 2^127 is normal.
-    scale = _pow2(exp.clamp(min=-126)) * torch.where(exp < -126, 0.5, 1.0)
-    q = round_to_e2m1(xb * _pow2(-exp)) * scale
+    exp = mx_scale_exponent(amax)
+    q = round_to_e2m1(xb * _pow2(-exp)) * e8m0_value(exp)
     # NaN/Inf anywhere in a block poisons the whole block, as the E8M0 NaN scale does.
-    return torch.where(ebits == 0xFF, float("nan"), q)
+    return torch.where(_exp_bits(amax) == 0xFF, float("nan"), q)
 
 
 def nv_tensor_scale(amax: torch.Tensor) -> torch.Tensor:
@@ -107,11 +118,14 @@ def nv_block_factors(block_amax: torch.Tensor, amax: torch.Tensor) -> tuple[torc
 
     amax == 0 gives an all-zero result, a NaN/Inf amax a NaN scale (the whole tensor is NaN);
     a block scale that rounds to 0 gets multiplier 0 so its elements come out as exactly 0.
+    A tensor so small that 1 / s overflows float32 (amax < 2688 * 2^-128, about 7.9e-36) is
+    flushed to zero the same way; the recipe's x * ((1/s)/b) would give 0 * inf = NaN there.
     """
     s = nv_tensor_scale(amax)
     safe = torch.where(amax > 0, s, 1.0)
     b = round_to_e4m3((block_amax / E2M1_MAX) / safe)
-    recip = torch.where(b > 0, (1.0 / safe) / b, 0.0)
+    inv = 1.0 / safe
+    recip = torch.where((b > 0) & (inv < float("inf")), inv / b, 0.0)
     scale = torch.where(torch.isfinite(amax), safe * b, float("nan"))
     return recip, scale
 
@@ -158,6 +172,8 @@ def _forward(x: torch.Tensor, fmt: str) -> torch.Tensor:
     """Fast path when available (quant/_fused.py decides), else the eager reference."""
     from quant import _fused
 
+    if x.numel() == 0:  # e.g. a Linear called on an empty batch: nothing to scale
+        return x.clone()
     out = _fused.quantize(x, fmt)
     return out if out is not None else _eager(x, fmt)
 

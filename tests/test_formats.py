@@ -189,6 +189,28 @@ def test_nvfp4_zero_tensor_and_nan_tensor() -> None:
     assert torch.isnan(fake_quantize(x, "nvfp4")).all()
 
 
+def test_nvfp4_tensor_too_small_for_the_tensor_scale_is_flushed_not_nan() -> None:
+    """amax < 2688 * 2^-128: 1/s overflows float32; the result must be zeros, never NaN."""
+    x = torch.zeros(2, 32)
+    x[0, 0], x[1, 5] = 1e-36, -3e-37
+    q = fake_quantize(x, "nvfp4")
+    assert torch.equal(q, torch.zeros(2, 32))
+    y = x.clone()
+    y[0, 0] = 1e-34  # just above the limit: the normal recipe still applies, and stays finite
+    assert torch.isfinite(fake_quantize(y, "nvfp4")).all() and fake_quantize(y, "nvfp4")[0, 0].item() > 0
+
+
+@pytest.mark.parametrize("fmt", KNOWN_FORMATS)
+@pytest.mark.parametrize("shape", [(0, 32), (3, 0), (0,)])
+def test_empty_tensors_pass_through(fmt: str, shape: tuple[int, ...]) -> None:
+    """A Linear called on an empty batch must not crash the W4A4 hook."""
+    x = torch.empty(shape, requires_grad=True)
+    q = fake_quantize(x, fmt, ste=True)
+    assert q.shape == x.shape and q.dtype == x.dtype
+    q.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
 def test_nvfp4_short_last_block_matches_padded_torchao() -> None:
     g = torch.Generator().manual_seed(2)
     x = torch.randn(6, 40, generator=g) + 0.5
