@@ -104,3 +104,38 @@ def test_killed_driver_resumes_without_loss(tmp_path: Path, storage_url: str):
     assert f"{len(running_before)} trial(s) left running by a dead driver" in second.stderr() or not running_before
     # the Ray processes of the killed driver did not block the second run; report what was left
     print(f"leftover processes of the killed session: {leftovers}")
+
+
+def test_dead_local_driver_is_stale_at_once(tmp_path: Path):
+    """Without Ray: only a trial whose driver pid has exited on this host is failed at once.
+
+    A trial of a live driver (this test's parent pid) or of a driver on another host waits for
+    the heartbeat grace period (here 1 h, so it is kept RUNNING).
+    """
+    import socket
+    import subprocess as sp
+
+    import optuna
+
+    from sweep import bridge
+
+    dead = sp.Popen(["true"])
+    dead.wait()
+    study = optuna.create_study(study_name="stale", storage=f"sqlite:///{tmp_path / 'stale.db'}")
+    owners = {
+        "dead-here": {"id": "a", "host": socket.gethostname(), "pid": dead.pid},
+        "alive-here": {"id": "b", "host": socket.gethostname(), "pid": os.getppid()},
+        "dead-elsewhere": {"id": "c", "host": "another-host.invalid", "pid": dead.pid},
+    }
+    numbers = {}
+    for tag, owner in owners.items():
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        trial.set_user_attr("driver", owner)
+        numbers[tag] = trial.number
+    failed = bridge.fail_stale_trials(study, grace_period_s=3600)
+    assert failed == [numbers["dead-here"]]
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[numbers["alive-here"]] == TrialState.RUNNING
+    assert states[numbers["dead-elsewhere"]] == TrialState.RUNNING
+    requeued = [t for t in study.get_trials() if t.user_attrs.get("requeued_trials") == numbers["dead-here"]]
+    assert len(requeued) == 1 and requeued[0].state == TrialState.WAITING
