@@ -142,8 +142,8 @@ def nv_full(xb: torch.Tensor) -> torch.Tensor:
     return nv_apply(xb, recip, scale)
 
 
-def _blocks(x: torch.Tensor, block: int) -> torch.Tensor:
-    """View x (float32) as (..., n_blocks, block), zero-padding a short last block."""
+def blocks_of(x: torch.Tensor, block: int) -> torch.Tensor:
+    """View x as (..., n_blocks, block), zero-padding a short last block (zeros never change an amax)."""
     pad = (-x.shape[-1]) % block
     if pad:
         x = torch.nn.functional.pad(x, (0, pad))
@@ -153,7 +153,7 @@ def _blocks(x: torch.Tensor, block: int) -> torch.Tensor:
 def _eager(x: torch.Tensor, fmt: str) -> torch.Tensor:
     """Eager reference: float32 blocks -> kernel -> original shape and dtype."""
     n = x.shape[-1]
-    xb = _blocks(x.float(), BLOCK_SIZES[fmt])
+    xb = blocks_of(x.float(), BLOCK_SIZES[fmt])
     q = mx_kernel(xb) if fmt == "mxfp4" else nv_full(xb)
     return q.reshape(*x.shape[:-1], -1)[..., :n].to(x.dtype)
 

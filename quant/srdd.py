@@ -35,18 +35,14 @@ from torch import nn
 
 from quant.errors import ProfileError
 from quant.formats import (
+    BLOCK_SIZES,
     E2M1_MAX,
-    E2M1_MAX_POW2,
-    E8M0_MAX_EXP,
-    E8M0_MIN_EXP,
-    F32_EXP_BIAS,
-    F32_MANTISSA_BITS,
     KNOWN_FORMATS,
-    MX_BLOCK_SIZE,
-    NV_BLOCK_SIZE,
+    blocks_of,
+    e8m0_value,
     fake_quantize,
-    nv_tensor_scale,
-    round_to_e4m3,
+    mx_scale_exponent,
+    nv_block_factors,
 )
 
 SCHEMA = "noisesweep.srdd"
@@ -59,43 +55,26 @@ _LORA_PARTS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora
 
 
 # --------------------------------------------------------------------------- block scales
-def _pad_blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, int]:
-    n = x.shape[-1]
-    pad = (-n) % block
-    if pad:
-        x = torch.nn.functional.pad(x, (0, pad))
-    return x.reshape(*x.shape[:-1], -1, block), n
-
-
 def block_max(x: torch.Tensor, fmt: str) -> torch.Tensor:
     """Largest magnitude each element's block can represent (6 x effective scale), shape of x.
 
-    Mirrors the scale rules of quant.formats (MXFP4: 2^(floor(log2 amax) - 2) from the bits;
-    NVFP4: E4M3-rounded block scale times the FP32 tensor scale, no lower clamp). An all-zero
-    block, or an NVFP4 block whose scale rounds to 0, gives 0; a non-finite block gives NaN.
+    Uses the scale rules of quant.formats itself (MXFP4: `mx_scale_exponent`/`e8m0_value`;
+    NVFP4: `nv_block_factors`, no lower clamp), so the saturation count cannot drift from what
+    `fake_quantize` does. An all-zero block, or an NVFP4 block whose scale rounds to 0, gives 0;
+    a non-finite block (NVFP4: a non-finite tensor) gives NaN.
     """
     if fmt not in KNOWN_FORMATS:
         raise ValueError(f"unknown quantization format {fmt!r}; known formats: {', '.join(KNOWN_FORMATS)}")
-    xf = x.float()
+    n = x.shape[-1]
+    xb = blocks_of(x.float(), BLOCK_SIZES[fmt])
+    amax = xb.abs().amax(dim=-1, keepdim=True)
     if fmt == "mxfp4":
-        xb, n = _pad_blocks(xf, MX_BLOCK_SIZE)
-        amax = xb.abs().amax(dim=-1, keepdim=True)
-        bits = amax.contiguous().view(torch.int32)
-        exp = (((bits >> F32_MANTISSA_BITS) & 0xFF) - F32_EXP_BIAS - E2M1_MAX_POW2).clamp(E8M0_MIN_EXP, E8M0_MAX_EXP)
-        bmax = torch.exp2(exp.double()).float() * E2M1_MAX
-        bmax = torch.where(amax > 0, bmax, torch.zeros_like(bmax))
+        bmax = torch.where(amax > 0, e8m0_value(mx_scale_exponent(amax)) * E2M1_MAX, 0.0)
     else:
-        tensor_amax = xf.abs().amax() if xf.numel() else torch.tensor(0.0)
-        if not torch.isfinite(tensor_amax) or tensor_amax == 0:
-            fill = float("nan") if not torch.isfinite(tensor_amax) else 0.0
-            return torch.full_like(xf, fill)
-        xb, n = _pad_blocks(xf, NV_BLOCK_SIZE)
-        amax = xb.abs().amax(dim=-1, keepdim=True)
-        s = nv_tensor_scale(tensor_amax)
-        bmax = (round_to_e4m3((amax / E2M1_MAX) / s) * s) * E2M1_MAX
-    bmax = torch.where(torch.isfinite(amax), bmax, torch.full_like(bmax, float("nan")))
-    out = bmax.expand_as(xb).reshape(*xb.shape[:-2], -1)
-    return out[..., :n]
+        tensor_amax = amax.amax() if amax.numel() else amax.new_zeros(())
+        bmax = nv_block_factors(amax, tensor_amax)[1] * E2M1_MAX
+    bmax = torch.where(torch.isfinite(amax), bmax, float("nan"))
+    return bmax.expand_as(xb).reshape(*xb.shape[:-2], -1)[..., :n]
 
 
 # --------------------------------------------------------------------------- metrics

@@ -93,6 +93,17 @@ def test_block_max_agrees_with_fake_quantize(fmt: str) -> None:
     assert torch.equal(q.abs()[clipped], bm[clipped])  # clipped values land exactly on the max
 
 
+def test_block_max_zero_and_non_finite_blocks() -> None:
+    x = torch.ones(2, 64)
+    x[0, :32] = 0.0  # an all-zero MX block
+    x[1, 40] = float("inf")
+    mx = block_max(x, "mxfp4")
+    assert torch.equal(mx[0, :32], torch.zeros(32)) and torch.equal(mx[0, 32:], torch.full((32,), 6.0 / 4))
+    assert torch.isnan(mx[1, 32:]).all() and torch.equal(mx[1, :32], torch.full((32,), 6.0 / 4))
+    assert torch.isnan(block_max(x, "nvfp4")).all()  # NVFP4: the tensor scale is poisoned
+    assert torch.equal(block_max(torch.zeros(3, 20), "nvfp4"), torch.zeros(3, 20))
+
+
 def test_accumulator_is_token_weighted_over_batches() -> None:
     torch.manual_seed(2)
     a, b = torch.randn(3, 64), torch.randn(5, 64) * 10
