@@ -90,12 +90,52 @@ class QuantScheme:
         return f"{self.fmt.upper()} {kind}{ste}"
 
 
-def _tuner_classes() -> tuple[type, ...]:
+_LAYER_LIST_NAMES = ("layers", "h", "blocks")
+
+
+def peft_tuner_classes() -> tuple[type, ...]:
+    """peft's wrapper base class (e.g. for lora.Linear), or () when peft is not installed."""
     try:
         from peft.tuners.tuners_utils import BaseTunerLayer
     except ImportError:  # peft is optional for plain models
         return ()
     return (BaseTunerLayer,)
+
+
+def _configured_depth(model: nn.Module) -> int | None:
+    """num_hidden_layers of the model's (text) config, also through a peft wrapper; None if absent."""
+    cfg = getattr(model, "config", None)
+    getter = getattr(cfg, "get_text_config", None)
+    if callable(getter):
+        try:
+            cfg = getter()
+        except Exception:  # noqa: BLE001 - an unusual config simply gives no hint
+            pass
+    depth = getattr(cfg, "num_hidden_layers", None)
+    return depth if isinstance(depth, int) and not isinstance(depth, bool) else None
+
+
+def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder-layer list of a causal LM (``model.layers`` in HF), also under a peft wrapper.
+
+    The one rule the SRDD scan and the noise injector share, so a profile's layer i is the
+    injector's layer i. Candidates are non-empty ModuleLists named ``layers``/``h``/``blocks``;
+    when the config states ``num_hidden_layers``, lists of that length win; then the shallowest
+    (a vision tower's blocks usually sit deeper), ties by name. None found is a ValueError.
+    """
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) > 0 and name.rsplit(".", 1)[-1] in _LAYER_LIST_NAMES
+    ]
+    if not candidates:
+        raise ValueError(
+            f"cannot find the decoder layers of {type(model).__name__} "
+            f"(no ModuleList named {'/'.join(_LAYER_LIST_NAMES)})"
+        )
+    depth = _configured_depth(model)
+    matching = [c for c in candidates if len(c[1]) == depth]
+    return min(matching or candidates, key=lambda c: (c[0].count("."), c[0]))[1]
 
 
 def _strip_base(name: str) -> str:
@@ -106,7 +146,7 @@ def _strip_base(name: str) -> str:
 
 def _select(model: nn.Module, scheme: QuantScheme) -> tuple[list[tuple[str, nn.Linear]], list[str], int]:
     """(quantized (name, module), excluded names, number of adapter linears kept in full precision)."""
-    tuners = _tuner_classes()
+    tuners = peft_tuner_classes()
     adapter_ids: set[int] = set()
     wrapper_ids: set[int] = set()
     if tuners:

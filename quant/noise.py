@@ -46,11 +46,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from quant.model import find_decoder_layers, peft_tuner_classes
+
 log = logging.getLogger("quant.noise")
 
 SITES = ("rmsnorm", "linear")
 APPLY_TO = ("rollout", "both")
-_LAYER_LIST_NAMES = ("layers", "h", "blocks")
 
 
 def sigma_at(step: int, total_steps: int, sigma_start: float, sigma_end: float, num_stages: int) -> float:
@@ -106,34 +107,13 @@ def layer_multipliers(errors: Sequence[float], zone_layers: set[int] | None, alp
     return [(e / mean) ** alpha if i in zone else 0.0 for i, e in enumerate(errs)]
 
 
-def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The model's decoder-layer list (e.g. ``model.layers``), also through a peft wrapper.
-
-    Picks the longest ModuleList named ``layers``/``h``/``blocks``; a model without one is a
-    ValueError.
-    """
-    best: nn.ModuleList | None = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in _LAYER_LIST_NAMES:
-            if best is None or len(module) > len(best):
-                best = module
-    if best is None or len(best) == 0:
-        raise ValueError(f"cannot find decoder layers (a ModuleList named {'/'.join(_LAYER_LIST_NAMES)}) in {type(model).__name__}")
-    return best
-
-
 def _norms(layer: nn.Module) -> list[nn.Module]:
     return [m for m in layer.modules() if type(m).__name__.endswith("RMSNorm") and isinstance(getattr(m, "weight", None), torch.Tensor)]
 
 
 def _projections(layer: nn.Module) -> list[nn.Module]:
     """The layer's linear projections as the model sees them: peft wrappers, not their insides."""
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        tuners: tuple[type, ...] = (BaseTunerLayer,)
-    except ImportError:
-        tuners = ()
+    tuners = peft_tuner_classes()
     found: list[nn.Module] = []
     inside: set[int] = set()
     for module in layer.modules():

@@ -44,6 +44,7 @@ from quant.formats import (
     mx_scale_exponent,
     nv_block_factors,
 )
+from quant.model import find_decoder_layers
 
 SCHEMA = "noisesweep.srdd"
 VERSION = 1
@@ -520,26 +521,6 @@ def validate_for_model(profile: SrddProfile, num_layers: int, *, fmt: str | None
 
 
 # --------------------------------------------------------------------------- scanning
-def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a causal LM, also under a peft wrapper (shortest `*.layers` list)."""
-    for path in ("model.layers", "base_model.model.model.layers"):
-        obj: Any = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
-            return obj
-    candidates = [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(m, nn.ModuleList) and len(m) > 0 and name.split(".")[-1] in ("layers", "h", "blocks")
-    ]
-    if not candidates:
-        raise ValueError(f"cannot find the decoder layers of {type(model).__name__} (no '*.layers' module list)")
-    return min(candidates, key=lambda c: (c[0].count("."), c[0]))[1]
-
-
 def layer_linears(layer: nn.Module) -> dict[str, nn.Linear]:
     """The base nn.Linear modules of one decoder layer, named without peft's `.base_layer`.
 

@@ -341,3 +341,22 @@ def test_through_peft_wrapper_and_layer_count_check():
         NoiseInjector(peft_model, multipliers=[1.0] * 4, apply_to="training")
     with pytest.raises(ValueError, match="decoder layers"):
         NoiseInjector(torch.nn.Linear(3, 3), multipliers=[1.0])
+
+
+def test_decoder_layers_found_by_one_rule_shared_with_srdd(model):
+    """A shallower, longer 'blocks' list (a vision tower) must not be taken for the decoder layers."""
+    from quant import srdd
+
+    class Multimodal(torch.nn.Module):
+        def __init__(self, lm: Qwen2ForCausalLM) -> None:
+            super().__init__()
+            self.config = lm.config
+            self.lm = lm
+            self.vision = torch.nn.Module()
+            self.vision.blocks = torch.nn.ModuleList(torch.nn.Linear(2, 2) for _ in range(LAYERS + 3))
+
+    mm = Multimodal(model)
+    assert find_decoder_layers(mm) is model.model.layers
+    assert srdd.find_decoder_layers(mm) is find_decoder_layers(mm)
+    inj = NoiseInjector(mm, multipliers=[1.0] * LAYERS)  # 4 multipliers fit the 4 decoder layers
+    inj.remove()
