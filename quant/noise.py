@@ -136,6 +136,12 @@ def _out_features(module: nn.Module) -> int:
     raise ValueError(f"cannot tell the output size of {type(module).__name__}")
 
 
+def _device_of(module: nn.Module) -> torch.device:
+    """Where the module's parameters live (CPU for a parameterless module)."""
+    param = next(module.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 def _generator(seed: int, step: int) -> torch.Generator:
     # A fixed odd-multiplier mix keeps (seed, step) pairs apart for any realistic run.
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step) * 7919 + 12345) % (2**63))
@@ -185,6 +191,7 @@ class NoiseInjector:
                 for module in layer_targets:
                     self._hooks.append(module.register_forward_hook(self._linear_hook))
         self._noise: dict[int, torch.Tensor] = {}  # id(module) -> noise (rmsnorm: additive; linear: s*eps)
+        self._noise_cast: dict[tuple[int, torch.dtype], torch.Tensor] = {}  # linear: noise in the output dtype
         self._clean: dict[int, torch.Tensor] = {}  # rmsnorm: clean weight while active
         self._noisy: dict[int, torch.Tensor] = {}  # rmsnorm: the noisy weight written while active
 
@@ -197,6 +204,7 @@ class NoiseInjector:
         self.restore()
         gen = _generator(self.seed, step)
         self._noise.clear()
+        self._noise_cast.clear()
         stds: list[float] = []
         applied: list[float] = []
         for layer_targets, m in zip(self._targets, self.multipliers):
@@ -205,9 +213,12 @@ class NoiseInjector:
             landed: list[torch.Tensor] = []
             for module in layer_targets:
                 shape = module.weight.shape if self.site == "rmsnorm" else (_out_features(module),)
+                # drawn on the CPU generator (same numbers on any device), then kept on the module's
+                # device so switching the noise on costs no host-to-device copy per forward
                 eps = torch.randn(shape, generator=gen, dtype=torch.float32)
                 if scale > 0:
-                    noise = self._noise[id(module)] = eps * scale
+                    noise = eps * scale
+                    self._noise[id(module)] = noise.to(_device_of(module))
                     drawn.append(noise.flatten())
                     if self.site == "rmsnorm":  # what survives rounding to the weight's dtype
                         w = module.weight.detach().float().cpu()
@@ -340,8 +351,12 @@ class NoiseInjector:
     def _linear_hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
         if not self._active or not isinstance(output, torch.Tensor):
             return None
-        rel = self._noise.get(id(module))
-        if rel is None:
-            return None
+        key = (id(module), output.dtype)
+        rel = self._noise_cast.get(key)
+        if rel is None:  # cast once per step and dtype, not at every forward (generation calls many)
+            noise = self._noise.get(id(module))
+            if noise is None:
+                return None
+            rel = self._noise_cast[key] = noise.to(device=output.device, dtype=output.dtype)
         # y + y*rel, not y*(1+rel): 1 + 5e-4 rounds to 1 in bf16, y*rel keeps its relative precision
-        return output + output * rel.to(device=output.device, dtype=output.dtype)
+        return output + output * rel

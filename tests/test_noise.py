@@ -315,6 +315,23 @@ def test_linear_site_multiplies_outputs_per_feature(model):
     assert rel[0].std().item() == pytest.approx(sigma * 2.0, rel=0.12)
     assert torch.equal(noisy2, clean2)
     assert torch.equal(q1(x), clean1)  # hook idle outside rollout()
+    with inj.rollout():  # same step: the same noise again
+        assert torch.equal(q1(x), noisy1)
+    inj.begin_step(7, sigma)  # a new step: fresh noise, in every output dtype
+    with inj.rollout():
+        assert not torch.equal(q1(x), noisy1)
+        rel7 = q1(x) / clean1 - 1
+        xb = x.bfloat16()
+        q1.bfloat16()
+        try:
+            yb = q1(xb)
+            clean_b = torch.nn.functional.linear(xb, q1.weight, q1.bias)
+        finally:
+            q1.float()
+        assert yb.dtype == torch.bfloat16  # the noise is cast to the output dtype, no promotion
+        ratio = yb.float() / clean_b.float() - 1  # the step's per-feature factors, to bf16 precision
+        assert not torch.equal(yb, clean_b)
+        assert torch.allclose(ratio, rel7.expand_as(ratio), atol=0.01)
     assert inj.records[-1]["std"][3] == pytest.approx(sigma * 2.0, rel=0.12)
     inj.remove()
     assert sum(len(m._forward_hooks) for m in model.modules()) == 0
