@@ -1,9 +1,11 @@
 """Character-level tokenizer for the tiny model, built with the `tokenizers` library.
 
-Why a real PreTrainedTokenizerFast: the tiny path then loads through
-`AutoTokenizer.from_pretrained(dir, local_files_only=True)` exactly like the real path, so the
-trainer has a single loading code path. One token per character keeps the arithmetic task's
-digits aligned with positions, which a 1-2M parameter model needs.
+Why a real PreTrainedTokenizerFast: it is saved as a normal Hugging Face tokenizer directory and
+loaded offline with `from_pretrained(dir, local_files_only=True)`, like the real path. The loader
+(`objective.tiny.load_tiny`) must name `PreTrainedTokenizerFast` itself: `AutoTokenizer` maps the
+checkpoint's model_type qwen2 to Qwen2's byte-level tokenizer, which drops spaces. One token per
+character keeps the arithmetic task's digits aligned with positions, which a 1-2M parameter
+model needs.
 """
 
 from __future__ import annotations
