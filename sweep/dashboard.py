@@ -193,7 +193,12 @@ def serve(url: str, *, host: str, port: int, artifact_dir: str | Path | None = N
 
     from sweep.storage import open_storage
 
+    from sweep.export import _require_sqlite_file
+
     stream = stream if stream is not None else sys.stderr
+    if not 0 < port < 65536:  # checked before the notes and artifacts are written
+        raise UserError(f"--port: must be 1-65535 (got {port})")
+    _require_sqlite_file(url)  # a mistyped path must not leave an empty database behind
     storage = open_storage(url)
     art_dir = Path(artifact_dir) if artifact_dir else default_artifact_dir(url)
     lines, store = prepare(storage, url, art_dir)

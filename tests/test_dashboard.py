@@ -101,3 +101,38 @@ def test_prepare_is_idempotent_and_masks_the_password(tmp_path):
     _attach_spec(rec, None)
     text = note_text(rec)
     assert "hunter2" not in text and "postgresql://u:***@db/x" in text
+
+
+@pytest.mark.parametrize(
+    "extra, expect",
+    [
+        (["--port", "70000"], "--port: must be 1-65535"),
+        (["--port", "0"], "--port: must be 1-65535"),
+    ],
+)
+def test_bad_port_is_one_line_and_writes_no_note(tmp_path, extra, expect):
+    """A bad port fails before `prepare` touches the study (no note, no artifact folder)."""
+    url, _, _ = make_study(tmp_path)
+    art = tmp_path / "art"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sweep.cli", "dashboard", "--storage", url, "--artifact-dir", str(art), *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expect in lines[0], proc.stderr
+    assert not art.exists()
+    study = optuna.load_study(study_name=STUDY, storage=open_storage(url))
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    assert not any(k.startswith("dashboard:") for k in attrs), attrs
+
+
+def test_missing_sqlite_file_is_not_created(tmp_path):
+    missing = tmp_path / "typo.db"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sweep.cli", "dashboard", "--storage", f"sqlite:///{missing}", "--port", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "no such database file" in proc.stderr and "Traceback" not in proc.stderr
+    assert not missing.exists()
