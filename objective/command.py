@@ -28,7 +28,8 @@ the sweep is gone.
 - SIGTERM: when called from the main thread, a handler is installed once (only if SIGTERM
   still has its default action) that kills every live child group and then re-delivers the
   signal with the default action, so the process still dies "by SIGTERM". A handler the
-  application installed itself is chained, never replaced.
+  application installed itself is left alone (not replaced, not wrapped): when it exits the
+  process, the exit hooks below clear the groups.
 - interpreter exit: live groups are killed from threading's pre-join exit hook (so a trial
   running in a non-daemon thread cannot block exit forever), with ``atexit`` as a fallback.
 - parent killed with SIGKILL (e.g. Ray killing the trial actor): the command runs under a
@@ -386,11 +387,9 @@ def kill_all_groups(grace_cap_s: float = _EXIT_GRACE_CAP_S) -> None:
             _LIVE_GROUPS.pop(pgid, None)
 
 
-def _on_sigterm(signum: int, frame: Any, previous: Any) -> None:
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """Kill the child groups, then die of the signal as the default action would."""
     kill_all_groups()
-    if callable(previous):
-        previous(signum, frame)
-        return
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 
@@ -409,9 +408,8 @@ def _install_shutdown_hooks() -> None:
         if _SIGNAL_INSTALLED or threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
         _SIGNAL_INSTALLED = True
-        previous = signal.getsignal(signal.SIGTERM)
-        if previous in (signal.SIG_DFL, None):
-            signal.signal(signal.SIGTERM, lambda s, f: _on_sigterm(s, f, previous))
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 # The group leader of every trial: a tiny Python supervisor between us and the user's command.

@@ -327,3 +327,25 @@ def test_sweep_shutdown_kills_trial(tmp_path: Path, sig: signal.Signals) -> None
     while time.monotonic() < deadline and (pid_alive(child) or pid_alive(fake)):
         time.sleep(0.02)
     assert not pid_alive(child) and not pid_alive(fake)
+
+
+def test_application_sigterm_handler_is_left_in_place() -> None:
+    """Only a default SIGTERM action gets our kill-the-groups handler; an app's own stays."""
+    code = textwrap.dedent(
+        """
+        import signal, sys
+        from objective.command import run_command_trial
+        mine = lambda s, f: None
+        signal.signal(signal.SIGTERM, mine)
+        result = run_command_trial({"command": [sys.executable, "-c", "print('step:1 - m:0.5')"], "metric": "m"}, {})
+        print(result.status, signal.getsignal(signal.SIGTERM) is mine)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["complete", "True"]
+    default = subprocess.run(
+        [sys.executable, "-c", code.replace("signal.signal(signal.SIGTERM, mine)", "")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert default.stdout.split() == ["complete", "False"]  # default action: our handler went in
