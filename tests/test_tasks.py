@@ -150,3 +150,8 @@ def test_gsm8k_bad_json_and_suffix(tmp_path: Path) -> None:
     q.write_text("a,b\n")
     with pytest.raises(ValueError, match="unsupported"):
         load_gsm8k(q)
+    binary = tmp_path / "train.jsonl"
+    binary.write_bytes(b"PAR1\xff\xfe\x00parquet bytes under a .jsonl name")
+    with pytest.raises(ValueError, match="train.jsonl: not UTF-8 text") as info:
+        load_gsm8k(binary)
+    assert "\n" not in str(info.value)

@@ -19,8 +19,14 @@ DEFAULT_DATA_SOURCE = "openai/gsm8k"
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}); expected JSON lines") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
