@@ -88,7 +88,7 @@ def child(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2, help="torch threads per trial (default 2)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per trial (default 1, as TrialConfig)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="config override key=value")
     ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     ap.add_argument("--child", help=argparse.SUPPRESS)

@@ -132,7 +132,10 @@ class TrialConfig(_Section):
     noise: NoiseCfg = Field(default_factory=NoiseCfg)
     rollout: RolloutCfg = Field(default_factory=RolloutCfg)
     timeout_s: float | None = Field(None, gt=0)
-    threads: int = Field(2, ge=1)  # torch intra-op threads for this trial
+    # torch intra-op threads for this trial. 1, not 2: on the shared 2-core machine with other
+    # work running, 2 threads made the tiny model's generation 14x slower (0.94 s -> 13 s, OpenMP
+    # threads spinning against each other); the tiny model's ops are too small to gain from 2.
+    threads: int = Field(1, ge=1)
 
     @property
     def response_len(self) -> int:
