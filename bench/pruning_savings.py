@@ -66,10 +66,10 @@ def savings(steps_pruned: int, steps_full: int) -> float | None:
 
 
 def within_noise(a: dict[str, Any], b: dict[str, Any]) -> bool | None:
-    """True when each confirmed mean lies inside the other's 95 % interval (None: no interval)."""
-    if None in (a.get("mean"), b.get("mean"), a.get("ci_low"), b.get("ci_low")):
+    """True when each arm's confirmed mean lies inside the other's 95 % interval (None: no interval)."""
+    if None in (a.get("confirmed_mean"), b.get("confirmed_mean"), a.get("ci_low"), b.get("ci_low")):
         return None
-    return a["ci_low"] <= b["mean"] <= a["ci_high"] or b["ci_low"] <= a["mean"] <= b["ci_high"]
+    return (a["ci_low"] <= b["confirmed_mean"] <= a["ci_high"]) or (b["ci_low"] <= a["confirmed_mean"] <= b["ci_high"])
 
 
 def run_arm(pruned: bool, cfg: dict[str, Any], workdir: Path) -> dict[str, Any]:

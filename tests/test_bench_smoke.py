@@ -66,10 +66,10 @@ def test_pruning_trial_steps_and_savings() -> None:
     assert PS.trial_steps(trials) == 25
     assert PS.savings(60, 100) == pytest.approx(0.4)
     assert PS.savings(1, 0) is None
-    a = {"mean": 0.9, "ci_low": 0.85, "ci_high": 0.95}
-    assert PS.within_noise(a, {"mean": 0.93, "ci_low": 0.9, "ci_high": 0.96}) is True
-    assert PS.within_noise(a, {"mean": 0.5, "ci_low": 0.45, "ci_high": 0.55}) is False
-    assert PS.within_noise(a, {"mean": 0.9, "ci_low": None, "ci_high": None}) is None
+    a = {"confirmed_mean": 0.9, "ci_low": 0.85, "ci_high": 0.95}
+    assert PS.within_noise(a, {"confirmed_mean": 0.93, "ci_low": 0.9, "ci_high": 0.96}) is True
+    assert PS.within_noise(a, {"confirmed_mean": 0.5, "ci_low": 0.45, "ci_high": 0.55}) is False
+    assert PS.within_noise(a, {"confirmed_mean": 0.9, "ci_low": None, "ci_high": None}) is None
 
 
 def test_incumbent_trace_follows_observed_but_reports_true() -> None:
