@@ -24,7 +24,16 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from sweep import hypotheses  # noqa: E402
-from sweep.export import StudyRecord, _finite, best_result, ci_text, count_states  # noqa: E402
+from sweep.errors import UserError  # noqa: E402
+from sweep.export import (  # noqa: E402
+    StudyRecord,
+    _finite,
+    best_result,
+    ci_text,
+    count_states,
+    write_atomic,
+    write_text_atomic,
+)
 
 PLOTS = ("history.png", "intermediate.png", "importances.png", "parallel.png", "profile.png")
 ZONE_COLORS = {"high": "#d62728", "medium": "#ff7f0e", "low": "#2ca02c"}
@@ -41,8 +50,11 @@ def _metric(record: StudyRecord) -> str:
 
 
 def _save(fig: Any, path: Path) -> None:
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight",
+                                                   metadata={"Software": None}))
+    finally:
+        plt.close(fig)
 
 
 def _note_figure(path: Path, title: str, text: str) -> None:
@@ -265,12 +277,17 @@ def _fmt_params(p: dict[str, Any]) -> str:
 def write_report(record: StudyRecord, out_dir: str | Path) -> Path:
     """Write the PNGs and summary.md into out_dir; return summary.md's path."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"-o: {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"-o: cannot create folder {out} ({exc.strerror or exc})") from None
     notes: dict[str, str | None] = {}
     best = None
     try:
         best = best_result(record)
-    except Exception:  # noqa: BLE001 - no COMPLETE trial yet: the report still shows the rest
+    except UserError:  # no COMPLETE trial yet: the report still shows the rest
         best = None
     plot_history(record, out / "history.png")
     plot_intermediate(record, out / "intermediate.png", best.trial.number if best else None)
@@ -279,7 +296,7 @@ def write_report(record: StudyRecord, out_dir: str | Path) -> Path:
     mult_label = f"best config multipliers (trial {best.trial.number})" if best else ""
     notes["profile.png"] = plot_profile(record, out / "profile.png", best.multipliers if best else None, mult_label)
     summary = out / "summary.md"
-    summary.write_text(summary_markdown(record, best, notes), encoding="utf-8")
+    write_text_atomic(summary, summary_markdown(record, best, notes))
     return summary
 
 

@@ -305,3 +305,22 @@ def test_help_renders(command, capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: ") and ("STUDY" in out) == (command != "dashboard")
+
+
+def test_write_text_atomic_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    """A crash mid-write must not leave a truncated export behind (nor a temp file)."""
+    from sweep.export import write_atomic, write_text_atomic
+
+    target = tmp_path / "best.yaml"
+    write_text_atomic(target, "old: 1\n")
+
+    def boom(tmp):
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(target, boom)
+    assert target.read_text() == "old: 1\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["best.yaml"]
+    write_text_atomic(target, "new: 2\n")
+    assert target.read_text() == "new: 2\n"

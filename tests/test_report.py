@@ -138,3 +138,24 @@ def test_a_study_without_complete_trials_still_reports(tmp_path):
     md = (out / "summary.md").read_text()
     assert "No COMPLETE trial yet." in md
     assert "- **H1: inconclusive**: no COMPLETE trial on the global and targeted sides." in md
+
+
+def test_report_into_a_file_path_is_one_line(tmp_path, capsys):
+    url, _, _ = make_study(tmp_path)
+    target = tmp_path / "not-a-folder"
+    target.write_text("keep me")
+    assert main(["report", STUDY, "--storage", url, "-o", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("noisesweep: error: -o:") and "not a folder" in err and len(err.strip().splitlines()) == 1
+    assert target.read_text() == "keep me"
+
+
+def test_report_files_are_replaced_whole_and_leave_no_temp_files(tmp_path):
+    """Running the report twice rewrites every file in place (atomic rename), no .tmp left over."""
+    url, _, _ = make_study(tmp_path)
+    out = tmp_path / "r"
+    (out).mkdir()
+    (out / "summary.md").write_text("stale")
+    assert main(["report", STUDY, "--storage", url, "-o", str(out)]) == 0
+    assert (out / "summary.md").read_text().startswith("# noisesweep report:")
+    assert sorted(p.name for p in out.iterdir()) == sorted([*PLOTS, "summary.md"])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sweep.commands.best import add_study_args
 from sweep.errors import UserError
-from sweep.export import FORMATS, best_result, export_text, open_record
+from sweep.export import FORMATS, best_result, export_text, open_record, write_text_atomic
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.output)
         if not out.parent.is_dir():
             raise UserError(f"-o: folder {out.parent} does not exist")
-        out.write_text(text, encoding="utf-8")
+        write_text_atomic(out, text)
         print(f"noisesweep export: trial {best.trial.number} ({best.chosen_by}) written to {out} as {args.fmt}", file=sys.stderr)
     else:
         sys.stdout.write(text)
