@@ -223,11 +223,25 @@ class QuantHandle:
         if self._removed:
             raise RuntimeError("this QuantHandle was removed; quantize the model again")
 
+    def _original_for(self, pid: int) -> torch.Tensor:
+        """The stashed full-precision weight, moved to the parameter's current device and dtype.
+
+        The model may have been moved after quantize_model (the trainer quantizes on the CPU and
+        then calls model.to("cuda")): nn.Module.to swaps param.data but not our stash, so without
+        this remove() would put CPU tensors back into a CUDA model.
+        """
+        param, original = self._frozen[pid]
+        if original.device != param.device or original.dtype != param.dtype:
+            original = original.to(device=param.device, dtype=param.dtype)
+            self._frozen[pid] = (param, original)
+        return original
+
     def refresh_weights(self) -> None:
         """Re-quantize frozen weights after an in-place change (e.g. a LoRA merge); see module doc."""
         self._check_live()
         with torch.no_grad():
-            for pid, (param, original) in list(self._frozen.items()):
+            for pid, (param, _) in list(self._frozen.items()):
+                original = self._original_for(pid)
                 current = param.data
                 before = fake_quantize(original, self.scheme.fmt)
                 changed = current != before
@@ -247,8 +261,8 @@ class QuantHandle:
         for module in self._forward_patched:
             module.__dict__.pop("forward", None)
         self._forward_patched.clear()
-        for param, original in self._frozen.values():
-            param.data = original
+        for pid, (param, _) in list(self._frozen.items()):
+            param.data = self._original_for(pid)
         self._frozen.clear()
         if getattr(self.model, _MARK, None) is self:
             delattr(self.model, _MARK)

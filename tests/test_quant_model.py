@@ -256,6 +256,26 @@ def test_refresh_weights_after_lora_merge():
         handle.refresh_weights()
 
 
+def test_remove_and_refresh_follow_a_model_moved_after_quantization():
+    """The trainer quantizes on the CPU, then calls model.to("cuda"); here float64 stands in for the move."""
+    model = lora(tiny_qwen())
+    base = model.base_model.model.model.layers[1].mlp.up_proj.base_layer
+    w0 = base.weight.detach().clone()
+    handle = quantize_model(model, QuantScheme.w4a4("mxfp4"))
+    model.to(torch.float64)
+    handle.refresh_weights()  # compared the float64 weight with a float32 stash before
+    assert base.weight.dtype == torch.float64
+    assert torch.equal(base.weight, fake_quantize(w0.double(), "mxfp4"))
+    model.to(torch.float32)
+    handle.remove()
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert torch.equal(base.weight, w0)
+    handle = quantize_model(model, QuantScheme.w4a16("mxfp4"))
+    model.to("meta")  # a device move: what remove() restores must live on the model's device
+    handle.remove()
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+
+
 def test_bf16_model_works():
     model = tiny_qwen(dtype=torch.bfloat16)
     state, ref = snapshot(model), logits(model)
