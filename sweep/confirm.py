@@ -55,16 +55,18 @@ def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float | No
 
 
 def used_seeds(record: StudyRecord) -> set[int]:
-    """Every seed a trial or an earlier confirmation ran with."""
+    """Every seed a trial or an earlier confirmation ran with, failed confirmation runs included
+    (a seed whose run failed would mostly fail again: it is not fresh)."""
     seeds: set[int] = set()
     for t in record.trials():
         s = t.user_attrs.get("seed")
         if isinstance(s, int):
             seeds.add(int(s))
     for entry in record.confirmations.values():
-        for s in (entry or {}).get("seeds", []) or []:
-            if isinstance(s, int):
-                seeds.add(int(s))
+        entry = entry if isinstance(entry, dict) else {}
+        ran = list(entry.get("seeds", []) or [])
+        ran += [f.get("seed") for f in entry.get("failures", []) or [] if isinstance(f, dict)]
+        seeds.update(int(s) for s in ran if isinstance(s, int) and not isinstance(s, bool))
     if record.spec is not None:
         seeds.add(int(record.spec.trial_seed))
     return seeds

@@ -82,6 +82,9 @@ def test_confirm_again_accumulates_and_failed_runs_are_recorded(tmp_path):
     assert conf.seeds == [1000, 1001, 1003] and len(conf.values) == 3
     assert conf.failures == [{"seed": 1002, "status": "failed", "reason": "NaN in loss"}]
     assert conf.mean == pytest.approx(statistics.fmean(conf.values))
+    runner = FakeRunner()  # a third round: the failed seed is not fresh, it is skipped
+    confirm_study(open_record(STUDY, url), top=1, seeds=1, runner=runner)
+    assert [s for _, s in runner.calls] == [1004]
 
 
 def test_single_seed_has_no_interval(tmp_path):
