@@ -191,7 +191,7 @@ class NoiseInjector:
                 for module in layer_targets:
                     self._hooks.append(module.register_forward_hook(self._linear_hook))
         self._noise: dict[int, torch.Tensor] = {}  # id(module) -> noise (rmsnorm: additive; linear: s*eps)
-        self._noise_cast: dict[tuple[int, torch.dtype], torch.Tensor] = {}  # linear: noise in the output dtype
+        self._noise_cast: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}  # linear: per output device/dtype
         self._clean: dict[int, torch.Tensor] = {}  # rmsnorm: clean weight while active
         self._noisy: dict[int, torch.Tensor] = {}  # rmsnorm: the noisy weight written while active
 
@@ -351,9 +351,9 @@ class NoiseInjector:
     def _linear_hook(self, module: nn.Module, args: tuple, output: Any) -> Any:
         if not self._active or not isinstance(output, torch.Tensor):
             return None
-        key = (id(module), output.dtype)
+        key = (id(module), output.device, output.dtype)
         rel = self._noise_cast.get(key)
-        if rel is None:  # cast once per step and dtype, not at every forward (generation calls many)
+        if rel is None:  # cast once per step, device and dtype, not at every forward (generation calls many)
             noise = self._noise.get(id(module))
             if noise is None:
                 return None
