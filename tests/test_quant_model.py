@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -59,8 +61,10 @@ def test_scheme_defaults_and_constructors():
     assert (a16.fmt, a16.weights, a16.activations) == ("nvfp4", True, False)
     a4 = QuantScheme.w4a4("mxfp4", ste=False, exclude=["x"])
     assert a4.activations and not a4.ste and a4.exclude == ("x",)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         a4.fmt = "nvfp4"  # frozen
+    assert QuantScheme(include="q_proj").include == ("q_proj",)  # a lone pattern is not split into chars
+    assert hash(QuantScheme(exclude=["a"])) == hash(QuantScheme(exclude=("a",)))  # lists become tuples
 
 
 @pytest.mark.parametrize(
