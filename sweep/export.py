@@ -525,13 +525,19 @@ def json_text(record: StudyRecord, best: BestResult) -> str:
 
 
 def _jsonable(v: Any) -> Any:
+    """Strict JSON: non-finite floats become null, tuples lists, numpy scalars Python ones,
+    unknown objects strings (shared by best --json, export --format json and trial)."""
     if isinstance(v, float):
         return v if math.isfinite(v) else None
     if isinstance(v, dict):
         return {str(k): _jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [_jsonable(x) for x in v]
-    return v
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if hasattr(v, "item"):
+        return _jsonable(v.item())
+    return str(v)
 
 
 def export_text(record: StudyRecord, best: BestResult, fmt: str) -> str:

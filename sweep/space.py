@@ -321,6 +321,8 @@ class SearchSpace:
         Besides the params: `sigma_end`, `multipliers` (list), `layer_multipliers` (the fork's
         {layer: multiplier} dict), `target_layers` (layer list, None = all) and `seed`.
         """
+        from objective.command import multipliers_dict
+
         if not isinstance(self.spec.objective, CommandObjective):
             raise UserError("to_command_values: the study's objective is the builtin trainer; use to_trial_config")
         p = {**params}
@@ -336,7 +338,7 @@ class SearchSpace:
             "alpha": float(p["alpha"]),
             "site": p["site"],
             "multipliers": derived["multipliers"],
-            "layer_multipliers": {i: m for i, m in enumerate(derived["multipliers"])},
+            "layer_multipliers": multipliers_dict(derived["multipliers"]),
             "target_layers": None if layers is None else sorted(layers),
             "seed": int(seed),
         }

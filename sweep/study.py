@@ -51,6 +51,11 @@ SITES = ("rmsnorm", "linear")
 TASK_DATA_SOURCES = {"tiny-arith": "tiny-arith", "gsm8k": "openai/gsm8k"}
 
 
+def task_metric(task_name: str) -> str:
+    """The built-in trainer's objective metric for a task (verl's validation accuracy key)."""
+    return f"val-core/{TASK_DATA_SOURCES.get(task_name, task_name)}/acc/mean@1"
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -411,7 +416,7 @@ class StudySpec(_Model):
         if obj.metric:
             return obj.metric
         if isinstance(obj, BuiltinObjective):
-            return f"val-core/{TASK_DATA_SOURCES[obj.config.task.name]}/acc/mean@1"
+            return task_metric(obj.config.task.name)
         return str(getattr(obj.command, "metric", "val-core/openai/gsm8k/acc/mean@1"))
 
     def validation_steps(self) -> list[int] | None:
@@ -509,13 +514,13 @@ def format_validation_error(err: ValidationError, *, source: str, overridden: Se
 
 # --------------------------------------------------------------------------- loading
 def resolve_storage(spec: StudySpec, cli_url: str | None = None) -> str:
-    """The storage URL to use: --storage flag > $NOISESWEEP_STORAGE > the study file's value."""
-    if cli_url:
-        return cli_url
-    env = os.environ.get(STORAGE_ENV, "").strip()
-    if env:
-        return env
-    return spec.storage
+    """The storage URL to use: --storage flag > $NOISESWEEP_STORAGE > the study file's value.
+
+    One rule for every command: this is `sweep.storage.resolve_url` with the spec's URL.
+    """
+    from sweep.storage import resolve_url
+
+    return resolve_url(cli_url, spec.storage)
 
 
 def _model_num_layers(spec: StudySpec) -> int | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sweep.errors import UserError
+from sweep.export import _jsonable
 from sweep.overrides import apply_overrides, load_yaml_file, override_paths, parse_override
 from sweep.study import (
     BuiltinObjective,
@@ -34,6 +34,7 @@ from sweep.study import (
     format_validation_error,
     is_trainer_config,
     parse_trainer_config,
+    task_metric,
 )
 
 # Metrics echoed in the progress lines besides the objective metric.
@@ -95,21 +96,6 @@ def _apply_config_overrides(config: Any, overrides: list[str], source: str) -> A
                                                 overridden=override_paths(overrides))) from None
 
 
-def _jsonable(v: Any) -> Any:
-    """Strict JSON: non-finite floats become null, tuples lists, unknown objects strings."""
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if v is None or isinstance(v, (bool, int, str)):
-        return v
-    if hasattr(v, "item"):
-        return _jsonable(v.item())
-    return str(v)
-
-
 class _Progress:
     """report(step, metrics): one stderr line per validation."""
 
@@ -142,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         config = parse_trainer_config(data, source=source, overrides=config_sets)
         if args.seed is not None:
             config = config.model_copy(update={"seed": int(args.seed)})
-        metric = f"val-core/{'openai/gsm8k' if config.task.name == 'gsm8k' else config.task.name}/acc/mean@1"
+        metric = task_metric(config.task.name)
         out.update(kind="builtin", params=None, seed=config.seed)
         result = _run_builtin(config, metric)
         out["config"] = config.model_dump(mode="json")
