@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -269,7 +269,9 @@ class QuantHandle:
         self._removed = True
 
 
-def _activation_pre_hook(fmt: str, ste: bool):
+def _activation_pre_hook(fmt: str, ste: bool) -> Callable[[nn.Module, tuple, dict], tuple[tuple, dict]]:
+    """Forward pre-hook (with_kwargs) that fake-quantizes a Linear's input."""
+
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         if args:
             return (fake_quantize(args[0], fmt, ste=ste), *args[1:]), kwargs
@@ -280,7 +282,9 @@ def _activation_pre_hook(fmt: str, ste: bool):
     return hook
 
 
-def _quantized_forward(module: nn.Linear, fmt: str, ste: bool):
+def _quantized_forward(module: nn.Linear, fmt: str, ste: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Instance forward for a trainable weight: quantized at every call, gradient through the STE."""
+
     def forward(input: torch.Tensor) -> torch.Tensor:
         return F.linear(input, fake_quantize(module.weight, fmt, ste=ste), module.bias)
 

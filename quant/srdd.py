@@ -89,6 +89,7 @@ class SiteMetrics:
     sqnr_db: float | None = None
 
     def to_dict(self) -> dict[str, float | None]:
+        """The four metrics by name (None where not measured)."""
         return {k: getattr(self, k) for k in METRIC_KEYS}
 
 
@@ -121,6 +122,7 @@ class MetricAccumulator:
         self.count += xf.numel()
 
     def merge(self, other: MetricAccumulator) -> None:
+        """Add another accumulator's sums (a layer's aggregate over its projections)."""
         for k in ("signal", "noise", "nonzero", "dead", "saturated", "count"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
 
@@ -161,6 +163,7 @@ class LayerMetrics:
     provenance: dict[str, str] = field(default_factory=dict)
 
     def site(self, name: str) -> SiteMetrics | None:
+        """Metrics of one site (`output`, `linear_input`, `weight`); None where not measured."""
         if name not in SITES:
             raise ValueError(f"unknown SRDD site {name!r}; known sites: {', '.join(SITES)}")
         return getattr(self, name)
@@ -322,15 +325,18 @@ class SrddProfile:
         return out
 
     def zone_of(self, layer: int) -> str | None:
+        """Name of the zone holding `layer`, or None."""
         for z in self.zones:
             if layer in z.layers:
                 return z.name
         return None
 
     def zone_names(self) -> list[str]:
+        """Zone names in file order (what a study's `zones` parameter combines)."""
         return [z.name for z in self.zones]
 
     def to_dict(self) -> dict[str, Any]:
+        """The versioned file structure (metrics of unmeasured sites left out)."""
         layers = []
         for lm in self.layers:
             entry: dict[str, Any] = {"index": lm.index}

@@ -124,6 +124,7 @@ def qwen25_mxfp4_prior() -> SrddProfile:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Write the prior (default: the shipped path) and say where."""
     parser = argparse.ArgumentParser(description="Write the Qwen2.5-1.5B MXFP4 SRDD prior from the team's numbers.")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
