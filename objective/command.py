@@ -60,7 +60,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from objective.result import ReportFn, StopTrial, TrialResult
 from objective.verl_log import JsonlFollower, Metrics, parse_console_line, strip_decorations
@@ -646,7 +646,13 @@ def run_command_trial(
     they would fail every trial the same way.
     """
     if not isinstance(spec, CommandSpec):
-        spec = CommandSpec.model_validate(dict(spec))
+        try:
+            spec = CommandSpec.model_validate(dict(spec))
+        except ValidationError as exc:  # pydantic's text spans several lines: keep the first problem
+            err = exc.errors()[0]
+            where = ".".join(str(part) for part in err["loc"]) or "spec"
+            more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+            raise ValueError(f"command spec: {where}: {err['msg']}{more}") from None
     started = time.monotonic()
     limit = timeout_s if timeout_s is not None else spec.timeout_s
     if limit is not None and limit <= 0:

@@ -125,6 +125,11 @@ def test_spec_validation_and_mapping_errors() -> None:
         "trainer.noise_injection.num_stages=10"]
     with pytest.raises(FileNotFoundError, match="cwd"):
         run_command_trial(make_spec(cwd="/nonexistent/dir"), VALUES)
+    for bad, needle in (({"command": []}, "command: Value error, command is empty"),
+                        ({"command": ["x"], "timeout_s": -1, "bogus": 1}, "(+1 more)")):
+        with pytest.raises(ValueError) as info:  # a plain dict spec: one line, not pydantic's block
+            run_command_trial(bad, VALUES)
+        assert needle in str(info.value) and "\n" not in str(info.value)
 
 
 TRICKY = {"note": "it's a \\path\\ with 'quotes', commas, {braces} and spaces\\",
