@@ -129,3 +129,46 @@ def hf_generate(
         for row, mrow in zip(response, rmask)
     ]
     return Rollout(ids.cpu(), mask.cpu(), response, rmask, torch.stack(logps, 1).cpu(), texts)
+
+
+class HfRollout:
+    """The `hf` backend: samples from the policy module itself, so there is nothing to sync."""
+
+    def __init__(self, cfg: Any, model: torch.nn.Module, tokenizer: Any, *, generator: torch.Generator | None,
+                 deadline: float | None) -> None:
+        self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
+        self.generator, self.deadline = generator, deadline
+
+    def sync(self) -> None:
+        """No-op: generation runs on the (noisy, quantized) policy in place."""
+
+    def generate(self, prompts: list[str], temperature: float) -> Rollout:
+        return hf_generate(
+            self.model,
+            self.tokenizer,
+            prompts,
+            max_new_tokens=self.cfg.response_len,
+            temperature=temperature,
+            generator=self.generator,
+            deadline=self.deadline,
+        )
+
+
+def make_rollout(
+    cfg: Any,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    *,
+    quant: Any = None,
+    injector: Any = None,
+    generator: torch.Generator | None = None,
+    deadline: float | None = None,
+) -> Any:
+    """The one place the backend is chosen. Both backends have `sync()` (before a phase's
+    generations: the rollout inside the noise context, validation outside it) and
+    `generate(prompts, temperature) -> Rollout`."""
+    if cfg.rollout.backend == "vllm":
+        from objective import vllm_engine
+
+        return vllm_engine.VllmRollout(cfg, model, tokenizer, quant=quant, injector=injector, deadline=deadline)
+    return HfRollout(cfg, model, tokenizer, generator=generator, deadline=deadline)

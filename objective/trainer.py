@@ -27,7 +27,7 @@ from objective import grpo
 from objective import reward as _reward
 from objective.config import TrialConfig, load_config
 from objective.result import ReportFn, StopTrial, TrialResult
-from objective.rollout import NonFiniteError, Rollout, TrialTimeout, hf_generate, require_vllm
+from objective.rollout import NonFiniteError, Rollout, TrialTimeout, make_rollout, require_vllm
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -99,8 +99,7 @@ class Trainer:
 
         self.cfg = cfg
         if cfg.rollout.backend == "vllm":
-            require_vllm()
-            raise ValueError("rollout.backend: vllm rollouts are not wired into the trainer yet; use hf")
+            require_vllm()  # before any model is loaded: a missing gpu extra is a one-line error
         torch.manual_seed(cfg.seed)
         base, self.tokenizer = load_model(cfg)
         self.num_layers = int(base.config.num_hidden_layers)
@@ -140,6 +139,10 @@ class Trainer:
         # the budget counts from the trial's start (model loading and compiling included)
         self.deadline = (start or time.monotonic()) + cfg.timeout_s if cfg.timeout_s else None
         self.phase_s: dict[str, float] = defaultdict(float)
+        self.rollout = make_rollout(
+            cfg, self.model, self.tokenizer, quant=self.quant, injector=self.noise.injector,
+            generator=self.gen, deadline=self.deadline,
+        )
 
     # ---- data -------------------------------------------------------------------------------
     def next_prompts(self, n: int) -> list[Any]:
@@ -152,15 +155,7 @@ class Trainer:
         return out
 
     def _generate(self, prompts: list[str], temperature: float) -> Rollout:
-        return hf_generate(
-            self.model,
-            self.tokenizer,
-            prompts,
-            max_new_tokens=self.cfg.response_len,
-            temperature=temperature,
-            generator=self.gen,
-            deadline=self.deadline,
-        )
+        return self.rollout.generate(prompts, temperature)
 
     def _score(self, texts: list[str], examples: list[Any]) -> torch.Tensor:
         score = _reward.gsm8k_strict_score  # looked up per call: verl's strict rule for every task
@@ -174,6 +169,7 @@ class Trainer:
         scores: dict[str, list[float]] = defaultdict(list)
         val = self.task.val
         bs = self.cfg.rollout.val_batch_size
+        self.rollout.sync()  # noise off here: the engine serves the quantized, un-noised policy
         for i in range(0, len(val), bs):
             chunk = val[i : i + bs]
             ro = self._generate([self.task.format_prompt(ex, self.tokenizer) for ex in chunk], 0.0)
@@ -219,6 +215,7 @@ class Trainer:
         t0 = time.monotonic()
         self.noise.begin_step(step, sigma)
         with self.noise.rollout():
+            self.rollout.sync()  # this step's noisy norms and current LoRA into the engine (hf: no-op)
             ros, rewards_list, generated, refills = self.rollout_step()
         t1 = time.monotonic()
         self.phase_s["rollout"] += t1 - t0

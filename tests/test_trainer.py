@@ -172,6 +172,17 @@ def test_vllm_backend_without_vllm_is_a_clear_error(model_dir: Path, monkeypatch
     assert "\n" not in str(info.value)
 
 
+def test_vllm_check_comes_before_any_model_is_loaded(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from objective import trainer as trainer_mod
+
+    loaded: list[Any] = []
+    monkeypatch.setattr(trainer_mod, "load_model", lambda cfg: loaded.append(cfg))
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    with pytest.raises(ValueError, match=r"^rollout.backend: 'vllm' needs vLLM.*pip install 'noisesweep\[gpu\]'"):
+        run_trial(small(model_dir, rollout={"backend": "vllm"}))
+    assert loaded == []
+
+
 def test_rl_raises_a_learnable_reward_on_the_tiny_checkpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     """The update has the right sign: rewarding an even last digit makes the policy produce more of them."""
 
