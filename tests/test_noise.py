@@ -322,12 +322,14 @@ def test_linear_site_multiplies_outputs_per_feature(model):
         assert not torch.equal(q1(x), noisy1)
         rel7 = q1(x) / clean1 - 1
         xb = x.bfloat16()
+        saved = {k: v.clone() for k, v in q1.state_dict().items()}  # the model fixture is shared
         q1.bfloat16()
         try:
             yb = q1(xb)
             clean_b = torch.nn.functional.linear(xb, q1.weight, q1.bias)
         finally:
             q1.float()
+            q1.load_state_dict(saved)
         assert yb.dtype == torch.bfloat16  # the noise is cast to the output dtype, no promotion
         ratio = yb.float() / clean_b.float() - 1  # the step's per-feature factors, to bf16 precision
         assert not torch.equal(yb, clean_b)
