@@ -54,6 +54,19 @@ def _clamp(v: float, lo: float, hi: float) -> float:
     return min(max(v, lo), hi)
 
 
+def _number(value: Any, where: str) -> float:
+    """`value` as a finite float, else a UserError naming `where` (NaN/inf would reach the trainer)."""
+    if isinstance(value, bool):
+        raise UserError(f"{where}: must be a number (got {value!r})")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: must be a number (got {value!r})") from None
+    if not math.isfinite(v):
+        raise UserError(f"{where}: must be a finite number (got {value!r})")
+    return v
+
+
 class SearchSpace:
     """A study's search space over one SRDD profile (see the module docstring)."""
 
@@ -193,8 +206,13 @@ class SearchSpace:
             center["site"] = self.sites[0]
         given = dict(self.spec.sampler.prior or {})
         if "sigma_end" in given:  # after sigma_start, whatever the order in the file
-            end = given.pop("sigma_end")
-            given["sigma_ratio"] = float(end) / float(given.get("sigma_start", center["sigma_start"]))
+            if "sigma_ratio" in given:
+                raise UserError("sampler.prior: give sigma_end or sigma_ratio, not both")
+            end = _number(given.pop("sigma_end"), "sampler.prior.sigma_end")
+            start = _number(given.get("sigma_start", center["sigma_start"]), "sampler.prior.sigma_start")
+            if not 0 < end <= start or start <= 0:
+                raise UserError(f"sampler.prior.sigma_end: must be in (0, sigma_start={start:g}] (got {end:g})")
+            given["sigma_ratio"] = end / start
         for key, value in given.items():
             if key not in self.distributions:
                 raise UserError(f"sampler.prior: unknown parameter {key!r} (known: {', '.join(self.distributions)})")
@@ -204,8 +222,8 @@ class SearchSpace:
             if isinstance(dist, CategoricalDistribution):
                 if v not in dist.choices:
                     raise UserError(f"sampler.prior.{name}: {v!r} is not among {list(dist.choices)}")
-            else:
-                v = _clamp(float(v), dist.low, dist.high)  # type: ignore[attr-defined]
+            else:  # a center outside the searched range is pulled to its edge
+                v = _clamp(_number(v, f"sampler.prior.{name}"), dist.low, dist.high)  # type: ignore[attr-defined]
                 center[name] = int(round(v)) if isinstance(dist, IntDistribution) else v
         return center
 
@@ -263,17 +281,12 @@ class SearchSpace:
         out = self.prior_params()
         out.update(p)
         if sigma_end is not None:
-            try:
-                start, end = float(out["sigma_start"]), float(sigma_end)
-            except (TypeError, ValueError):
-                raise UserError(f"params: sigma_start/sigma_end must be numbers (got {out['sigma_start']!r}, {sigma_end!r})") from None
+            start = _number(out["sigma_start"], "params: sigma_start")
+            end = _number(sigma_end, "params: sigma_end")
             out["sigma_ratio"] = end / start if start > 0 else 1.0
         out.setdefault("site", self.sites[0])
         for key in ("sigma_start", "sigma_ratio", "alpha"):
-            try:
-                out[key] = float(out[key])
-            except (TypeError, ValueError):
-                raise UserError(f"params: {key} must be a number (got {out[key]!r})") from None
+            out[key] = _number(out[key], f"params: {key}")
         if not out["sigma_start"] > 0:
             raise UserError(f"params: sigma_start must be > 0 (got {out['sigma_start']})")
         if not 0 < out["sigma_ratio"] <= 1:
@@ -285,6 +298,12 @@ class SearchSpace:
         if out["site"] not in ("rmsnorm", "linear"):
             raise UserError(f"params: site must be rmsnorm or linear (got {out['site']!r})")
         self.zone_layers(str(out["zones"]))  # raises for an unknown zone
+        try:  # a huge alpha overflows (e_l / mean) ** alpha
+            multipliers = self.derived(out)["multipliers"]
+        except (OverflowError, ValueError) as exc:
+            raise UserError(f"params: alpha {out['alpha']:g} gives no usable multipliers ({exc})") from None
+        if not all(math.isfinite(m) for m in multipliers):
+            raise UserError(f"params: alpha {out['alpha']:g} gives non-finite multipliers")
         return out
 
     def derived(self, params: Mapping[str, Any]) -> dict[str, Any]:

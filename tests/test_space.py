@@ -195,3 +195,37 @@ def test_default_alpha_range_comes_from_the_profile(qwen_space: SearchSpace, tmp
     assert default_alpha_high([1.0, 1.0]) == 2.0
     spec = load_study(write_study(tmp_path, tiny_profile), ["space.alpha={low: 0.5, high: 1.5}"])
     assert (SearchSpace.from_spec(spec).distributions["alpha"].low, SearchSpace.from_spec(spec).distributions["alpha"].high) == (0.5, 1.5)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"sigma_start": float("inf")}, "params: sigma_start: must be a finite number"),
+        ({"alpha": float("nan")}, "params: alpha: must be a finite number"),
+        ({"sigma_start": True}, "params: sigma_start: must be a number"),
+        ({"sigma_start": 0.01, "sigma_end": "x"}, "params: sigma_end: must be a number"),
+        ({"alpha": 1e300}, "params: alpha 1e\\+300 gives no usable multipliers"),
+    ],
+)
+def test_normalize_refuses_non_finite_and_overflowing_values(qwen_space: SearchSpace, params: dict,
+                                                            message: str) -> None:
+    """These passed normalize before and failed inside the trainer (after loading the model) or
+    as an internal OverflowError."""
+    with pytest.raises(UserError, match=message):
+        qwen_space.normalize(params)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("sampler.prior.sigma_start=abc", "sampler.prior.sigma_start: must be a number"),
+        ("sampler.prior.alpha=.nan", "sampler.prior.alpha: must be a finite number"),
+        ("sampler.prior.sigma_end=1", r"sampler.prior.sigma_end: must be in \(0, sigma_start=0.05\]"),
+        ("sampler.prior={sigma_end: 0.001, sigma_ratio: 0.1}", "sampler.prior: give sigma_end or sigma_ratio"),
+    ],
+)
+def test_a_bad_prior_center_names_its_key(tmp_path: Path, tiny_profile: Path, override: str,  # noqa: F811
+                                          message: str) -> None:
+    with pytest.raises(UserError, match=message) as err:
+        load_study(write_study(tmp_path, tiny_profile), [override])
+    assert "\n" not in str(err.value) and str(err.value).startswith(str(tmp_path))
