@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -277,6 +278,12 @@ def test_save_load_round_trip_is_exact_and_atomic(tmp_path: Path) -> None:
     path.write_text("old")
     prof.save(path)
     assert [p.name for p in tmp_path.iterdir()] == ["p.json"]  # no temp file left behind
+    old_mask = os.umask(0o022)
+    try:
+        prof.save(path)
+        assert path.stat().st_mode & 0o777 == 0o644  # like open(): not mkstemp's private 0600
+    finally:
+        os.umask(old_mask)
     back = load_profile(path)
     assert back.to_dict() == prof.to_dict()
     assert back.errors("linear_input") == prof.errors("linear_input")
