@@ -57,7 +57,9 @@ def task_metric(task_name: str) -> str:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Base of every study-file section: unknown keys and inf/NaN numbers are errors."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class _Nested(ValueError):
@@ -487,6 +489,8 @@ def _error_line(e: dict[str, Any], prefix: tuple[Any, ...] = ()) -> tuple[str, s
         return kind, "missing required key (builtin or command)", kind
     if typ == "literal_error":
         return path, f"must be {ctx.get('expected')} (got {_fmt_value(got)})", path
+    if typ == "finite_number":
+        return path, f"must be a finite number (got {_fmt_value(got)})", path
     if typ == "string_pattern_mismatch":
         return path, f"must match {ctx.get('pattern')} (got {_fmt_value(got)})", path
     msg = str(e.get("msg", "invalid value")).removeprefix("Value error, ")

@@ -168,6 +168,12 @@ ERROR_CASES = [
     ("set_through_scalar", None, ["name.sub=1"], ["unknown path: name is a str"]),
     ("set_without_equals", None, ["budget.trials"], ["expected key=value"]),
     ("set_unknown_key", None, ["space.bogus=1"], ["unknown key 'bogus' at space", "(set by --set)"]),
+    ("infinite_prior_weight", None, ["sampler.prior_weight=.inf"],
+     ["sampler.prior_weight: must be a finite number (got inf)", "(set by --set)"]),
+    ("nan_seed_sigma", {"seed_configs": [{"name": "a", "sigma_start": float("nan"), "sigma_ratio": 0.1,
+                                          "num_stages": 5}]}, [],
+     ["seed_configs.0.sigma_start: must be a finite number"]),
+    ("infinite_cpus", None, ["resources.cpus_per_trial=.inf"], ["resources.cpus_per_trial: must be a finite number"]),
     ("trainer_config_bad", {"objective": {"kind": "builtin", "config": {"steps": {"totl": 3}}}}, [],
      ["unknown key 'totl' at objective.config.steps"]),
 ]
