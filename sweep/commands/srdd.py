@@ -185,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
         raise ValueError(f"--device must be cpu, cuda or auto, got {device!r}")
+    elif str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available here (use cpu or auto)")
 
     model, tokenizer, name = _load_model(str(args.model), device)
     limit = getattr(model.config, "max_position_embeddings", None) or max_length
