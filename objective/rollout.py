@@ -3,7 +3,8 @@
 `hf` is a hand-written sampling loop with a KV cache over the whole batch: for the tiny model it
 is several times faster than `generate()` (no logits processors, no per-step bookkeeping), and
 it returns the log-prob of every sampled token for free, which the trainer uses as the old
-policy's log-probs. `vllm` imports vLLM lazily; without it, choosing it fails with one line.
+policy's log-probs. `vllm` (objective/vllm_engine.py) imports vLLM lazily; without it, choosing it
+fails with one line. `make_rollout` is the only place the backend is chosen.
 """
 
 from __future__ import annotations
@@ -142,6 +143,9 @@ class HfRollout:
     def sync(self) -> None:
         """No-op: generation runs on the (noisy, quantized) policy in place."""
 
+    def close(self) -> None:
+        """Nothing to release: the policy belongs to the trainer."""
+
     def generate(self, prompts: list[str], temperature: float) -> Rollout:
         return hf_generate(
             self.model,
@@ -165,8 +169,8 @@ def make_rollout(
     deadline: float | None = None,
 ) -> Any:
     """The one place the backend is chosen. Both backends have `sync()` (before a phase's
-    generations: the rollout inside the noise context, validation outside it) and
-    `generate(prompts, temperature) -> Rollout`."""
+    generations: the rollout inside the noise context, validation outside it),
+    `generate(prompts, temperature) -> Rollout` and `close()`."""
     if cfg.rollout.backend == "vllm":
         from objective import vllm_engine
 

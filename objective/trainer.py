@@ -6,6 +6,11 @@ update of the LoRA weights (training forward: clean norms unless noise.apply_to 
 Validation is greedy on the held-out set with the quantized model and NO noise (what the model
 would score when deployed), at the steps in `steps.val_at` (0 = before any update).
 
+Generation goes through one seam, `objective.rollout.make_rollout`: `hf` samples from the policy
+module itself; `vllm` (objective/vllm_engine.py) receives the policy's merged, quantized weights
+and this step's noisy norms at each `rollout.sync()` (once per step inside the noise context, once
+per validation outside it).
+
 Failures are results: StopTrial from `report` -> "pruned"; a non-finite loss/logits, a timeout,
 an exception in training or in `report` -> "failed" with a one-line reason.
 """
@@ -283,6 +288,7 @@ class Trainer:
         return (logp.gather(-1, resp[..., None]).squeeze(-1) * ro.response_mask.to(self.device)).cpu()
 
     def close(self) -> None:
+        self.rollout.close()  # a vLLM engine frees its GPU memory for the next trial
         self.noise.remove()
         if self.quant is not None:
             self.quant.remove()

@@ -24,11 +24,19 @@ implements the surface used here (apply_model, generate) on a plain HF Qwen2 wit
 qkv_proj/gate_up_proj modules and vLLM's stacking in its load_weights: pushes every step, noisy
 norms per step equal to the injector's, hooks registered once, W4A16 logits identical to the
 policy's, generations flowing into the loss.
+Read, not run (vLLM sources via code search): V1 `LLM.apply_model(fn)` -> `llm_engine.apply_model`
+-> `collective_rpc("apply_model", args=(fn,))`, i.e. fn(worker's model) per worker, a list back;
+in-process that is a direct call, with multiprocessing fn is cloudpickled (needs
+VLLM_ALLOW_INSECURE_SERIALIZATION=1 and copies every pushed tensor between processes), hence the
+env var below. Qwen2's `load_weights` stacks HF names (see objective/vllm_sync.py).
 NOT verified (no GPU, vLLM not installed here): the real `vllm.LLM` constructor arguments,
 whether this vLLM version's `apply_model` runs in-process with the env var set, the real
 `load_weights`/output structures, vLLM's log-prob semantics (V1 returns the raw model's
-log-probs, before temperature, unless the engine is built with logprobs_mode="processed_logprobs";
-the trainer only uses them for metrics when algo.old_logprobs == "policy"), and speed.
+log-probs before temperature; `llm_kwargs` asks for processed ones on vLLM >= 0.10.2, older V1
+cannot: there, with temperature != 1 keep algo.old_logprobs == "policy" (the default, which uses
+the engine's log-probs only for metrics)), engine release between trials, and speed. Sampling uses
+explicit SamplingParams (pure temperature, no top-p/top-k, like the hf backend), so the model's
+generation_config defaults should not apply; unverified too.
 """
 
 from __future__ import annotations
@@ -55,20 +63,58 @@ def model_dir(cfg: Any) -> str:
     return str(Path(cfg.model.path).expanduser())
 
 
-def build_engine(cfg: Any, max_model_len: int) -> Any:  # pragma: no cover - needs vLLM and a GPU
-    """The real engine: in-process, eager (our hooks run), sharing the GPU with training."""
-    vllm = require_vllm()
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    return vllm.LLM(
-        model=model_dir(cfg),
-        dtype=cfg.model.dtype,
-        enforce_eager=True,
-        gpu_memory_utilization=float(
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("+")[0].split(".")[:3]:
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def llm_kwargs(cfg: Any, max_model_len: int, vllm_version: str) -> dict[str, Any]:
+    """Arguments for vllm.LLM (a pure function, so the choices are tested without vLLM).
+
+    enforce_eager: CUDA graphs / torch.compile would bypass the Python activation hooks.
+    logprobs_mode="processed_logprobs" (vLLM >= 0.10.2): log-probs after temperature, as the hf
+    backend and the policy-gradient ratio use them; V1 before 0.10.2 can only return raw ones.
+    """
+    kw: dict[str, Any] = {
+        "model": model_dir(cfg),
+        "dtype": cfg.model.dtype,
+        "enforce_eager": True,
+        "gpu_memory_utilization": float(
             getattr(cfg.rollout, "gpu_memory_utilization", None) or DEFAULT_GPU_MEMORY_UTILIZATION
         ),
-        seed=cfg.seed,
-        max_model_len=max_model_len,
-    )
+        "seed": cfg.seed,
+        "max_model_len": max_model_len,
+    }
+    if _version(vllm_version) >= (0, 10, 2):
+        kw["logprobs_mode"] = "processed_logprobs"
+    return kw
+
+
+def build_engine(cfg: Any, max_model_len: int) -> Any:  # pragma: no cover - needs vLLM and a GPU
+    """The real engine: in-process (hooks and weight copies reach the serving model), eager."""
+    vllm = require_vllm()
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    return vllm.LLM(**llm_kwargs(cfg, max_model_len, str(getattr(vllm, "__version__", "0"))))
+
+
+def release_engine(engine: Any) -> None:
+    """Best effort: free the engine's GPU memory so the next trial in this process can start one."""
+    import gc
+
+    try:
+        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+        destroy_model_parallel()
+        destroy_distributed_environment()
+    except Exception:  # older/newer layouts: the gc below still drops the engine
+        pass
+    del engine
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _activation_hook(fmt: str):
@@ -122,6 +168,11 @@ class VllmRollout:
             targets = activation_hook_targets(quant.module_names, quant.excluded_names)
             fmt = quant.scheme.fmt
             self.hooked = sum(apply_model(self.engine, lambda m: register_activation_hooks(m, targets, fmt)))
+
+    def close(self) -> None:
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            release_engine(engine)
 
     def sync(self) -> None:
         """Push the policy as it is now (call inside the noise context that the generation needs)."""

@@ -327,3 +327,23 @@ def test_run_trial_with_the_vllm_backend_completes(model_dir: Path, fake_vllm: l
     (engine,) = fake_vllm
     assert len(engine.model.loads) == 4  # validation 0, steps 1 and 2, validation 2
     assert len(engine.generated) >= 4
+
+
+def test_engine_arguments(model_dir: Path) -> None:
+    cfg = load_config(trial_cfg(model_dir, model={"dtype": "bfloat16"}))
+    kw = vllm_engine.llm_kwargs(cfg, 2048, "0.11.0")
+    assert kw["enforce_eager"] is True  # the activation hooks need eager mode
+    assert kw["model"] == str(model_dir) and kw["dtype"] == "bfloat16" and kw["seed"] == 3
+    assert kw["gpu_memory_utilization"] == vllm_engine.DEFAULT_GPU_MEMORY_UTILIZATION and kw["max_model_len"] == 2048
+    assert kw["logprobs_mode"] == "processed_logprobs"
+    assert "logprobs_mode" not in vllm_engine.llm_kwargs(cfg, 2048, "0.8.5")  # the argument did not exist yet
+    assert "logprobs_mode" not in vllm_engine.llm_kwargs(cfg, 2048, "0.10.1.dev3+gabc")
+    tiny = vllm_engine.llm_kwargs(load_config({"rollout": {"backend": "vllm"}}), 64, "0.11.0")
+    assert (Path(tiny["model"]) / "config.json").is_file()
+
+
+def test_closing_the_trainer_releases_the_engine(model_dir: Path, fake_vllm: list[FakeLLM]) -> None:
+    trainer = Trainer(load_config(trial_cfg(model_dir)))
+    assert trainer.rollout.engine is fake_vllm[0]
+    trainer.close()
+    assert trainer.rollout.engine is None
