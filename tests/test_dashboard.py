@@ -32,6 +32,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _listen_addresses(port: int) -> set[str]:
+    """IPv4/IPv6 addresses with a TCP listener on `port`, read from /proc/net/tcp{,6} (Linux)."""
+    out: set[str] = set()
+    for name in ("tcp", "tcp6"):
+        path = Path("/proc/net") / name
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            fields = line.split()
+            addr, hexport = fields[1].split(":")
+            if fields[3] != "0A" or int(hexport, 16) != port:  # 0A = LISTEN
+                continue
+            if len(addr) == 8:
+                out.add(socket.inet_ntop(socket.AF_INET, bytes.fromhex(addr)[::-1]))
+            else:  # four little-endian 32-bit words
+                raw = b"".join(bytes.fromhex(addr[i:i + 8])[::-1] for i in range(0, 32, 8))
+                out.add(socket.inet_ntop(socket.AF_INET6, raw))
+    return out
+
+
 def _get(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=5) as r:
         return json.loads(r.read())
@@ -75,6 +95,8 @@ def test_dashboard_serves_the_study_with_its_note_and_artifacts(tmp_path):
             assert json.loads(r.read())["num_layers"] == 8
         out = (tmp_path / "dash.log").read_text()
         assert f"serving {url} at http://127.0.0.1:{port}/" in out
+        # the default bind is loopback only: no listener on 0.0.0.0 or any other address
+        assert _listen_addresses(port) == {"127.0.0.1"}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)
