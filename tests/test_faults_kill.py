@@ -47,13 +47,15 @@ def storage_url(request, tmp_path):
     return server.create_database(f"killed_{os.getpid()}_{int(time.time() * 1000) % 10**8}")
 
 
-def _kill_leftovers(sid: int) -> list[int]:
-    """SIGKILL whatever of the killed session is still alive (Ray daemons that re-parented)."""
-    left = faultlib.session_pids(sid)
-    for pid in left:
+def _kill_leftovers(sid: int) -> list[str]:
+    """SIGKILL whatever of the killed session is still alive (processes that left its group)."""
+    left = []
+    for pid in faultlib.session_pids(sid):
         try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
+            left.append(f"{pid}: {cmd}")
+        except (ProcessLookupError, FileNotFoundError):
             pass
     return left
 
