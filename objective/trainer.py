@@ -105,6 +105,9 @@ class Trainer:
         self.cfg = cfg
         if cfg.rollout.backend == "vllm":
             require_vllm()  # before any model is loaded: a missing gpu extra is a one-line error
+            from objective.vllm_engine import check_config
+
+            check_config(cfg)
         torch.manual_seed(cfg.seed)
         base, self.tokenizer = load_model(cfg)
         self.num_layers = int(base.config.num_hidden_layers)

@@ -9,6 +9,9 @@ Per step (trainer: `rollout.sync()` inside `injector.rollout()`, then `generate`
 3. `generate` sends token ids (our tokenizer's, so both backends see identical prompts) with one
    SamplingParams per request and returns the hf backend's `Rollout`.
 Validation syncs again with the noise off (quantized, un-noised weights) and decodes greedily.
+Scope: one GPU, engine colocated with training (no tensor parallelism); the trial deadline is
+checked before each `generate` (a vLLM batch cannot be interrupted); noise site "linear" is
+refused at trial start (`check_config`): the engine receives weights, not hooks on outputs.
 
 W4A4: the weights arrive already on the format grid; the activation fake-quant runs as Python
 forward pre-hooks on vLLM's linear modules, registered once through apply_model. Names map HF ->
@@ -18,12 +21,17 @@ so one hook there quantizes exactly as the separate hooks do. This needs `enforc
 CUDA graphs / torch.compile bypassing Python hooks) and an in-process engine
 (VLLM_ENABLE_V1_MULTIPROCESSING=0), so hooks and weight copies act on the model that serves.
 
-Verified on CPU (tests/test_vllm_engine.py, tests/test_trainer.py): the state dict's names and
-values; the name mapping; the whole trainer path driven through a test double of the engine that
-implements the surface used here (apply_model, generate) on a plain HF Qwen2 with real fused
-qkv_proj/gate_up_proj modules and vLLM's stacking in its load_weights: pushes every step, noisy
-norms per step equal to the injector's, hooks registered once, W4A16 logits identical to the
-policy's, generations flowing into the loss.
+Verified on CPU (tests/test_vllm_engine.py, tests/test_vllm_sync.py, tests/test_trainer.py): the
+state dict's names (exactly the plain HF model's) and values; the HF -> vLLM name mapping and the
+refusal of half-excluded fused groups; the engine arguments (`llm_kwargs`); and the whole trainer
+path through a test double of the engine that implements the surface used here (apply_model,
+generate) on a plain HF Qwen2 rebuilt with real fused qkv_proj/gate_up_proj modules and vLLM's
+stacking in its load_weights: a push every step (full, then changing tensors only), pushed norms
+equal to the injector's noisy ones and different between steps, clean norms at validation, hooks
+registered once, W4A16 logits identical to the policy's after a LoRA update, W4A4 identical at
+B @ A == 0 and drifting after (the documented merge limitation), greedy tokens identical to the
+hf backend's, the engine's generations reaching the loss, the engine released on close, and the
+missing-vLLM / linear-noise errors raised before any model loads.
 Read, not run (vLLM sources via code search): V1 `LLM.apply_model(fn)` -> `llm_engine.apply_model`
 -> `collective_rpc("apply_model", args=(fn,))`, i.e. fn(worker's model) per worker, a list back;
 in-process that is a direct call, with multiprocessing fn is cloudpickled (needs
@@ -61,6 +69,15 @@ def model_dir(cfg: Any) -> str:
 
         return str(TINY_CHECKPOINT_DIR)
     return str(Path(cfg.model.path).expanduser())
+
+
+def check_config(cfg: Any) -> None:
+    """Refuse, before any model loads, what the engine cannot serve (it only receives weights)."""
+    if cfg.noise.enabled and cfg.noise.site != "rmsnorm":
+        raise ValueError(
+            f"noise.site: '{cfg.noise.site}' cannot run on rollout.backend=vllm (the engine only receives "
+            "weights); use noise.site=rmsnorm or rollout.backend=hf"
+        )
 
 
 def _version(text: str) -> tuple[int, ...]:

@@ -20,11 +20,13 @@ B @ A == 0 (step 0) and approximately after: that gap is the price of one merged
 Noise on linear outputs (site "linear") is not expressible as weights of a stock engine and is
 refused.
 
-Names (verified by reading vLLM's `vllm/model_executor/models/qwen2.py`, not by running it):
+Names (verified by reading vLLM's `vllm/model_executor/models/qwen2.py` at commit 013a279, not by
+running it):
 vLLM's Qwen2 fuses q/k/v into `self_attn.qkv_proj` and gate/up into `mlp.gate_up_proj`, but its
 `load_weights` takes the checkpoint's HF names (`...q_proj.weight`) and stacks them itself through
 its `stacked_params_mapping` (qkv_proj <- q/k/v with shard ids "q"/"k"/"v", gate_up_proj <-
-gate/up with shard ids 0/1); it skips `lm_head.weight` when the embeddings are tied. So the dict
+gate/up with shard ids 0/1, matching by substring); Qwen2ForCausalLM.load_weights skips `lm_head.`
+when the embeddings are tied. So the dict
 keeps HF names and `vllm_module_name` is only needed for modules we hook (activation quant).
 """
 

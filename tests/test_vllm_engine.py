@@ -347,3 +347,13 @@ def test_closing_the_trainer_releases_the_engine(model_dir: Path, fake_vllm: lis
     assert trainer.rollout.engine is fake_vllm[0]
     trainer.close()
     assert trainer.rollout.engine is None
+
+
+def test_linear_noise_on_vllm_is_refused_before_loading(model_dir: Path, fake_vllm: list[FakeLLM],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from objective import trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "load_model", lambda cfg: pytest.fail("model loaded before the check"))
+    with pytest.raises(ValueError, match="^noise.site: 'linear' cannot run on rollout.backend=vllm"):
+        run_trial(trial_cfg(model_dir, noise={"enabled": True, "site": "linear"}))
+    assert fake_vllm == []
