@@ -90,7 +90,8 @@ def noise_sd(confirmations: dict[str, dict[str, Any]]) -> float | None:
     num = 0.0
     dof = 0
     for entry in confirmations.values():
-        vals = [float(v) for v in (entry or {}).get("values", []) or [] if _finite(v)]
+        entry = entry if isinstance(entry, dict) else {}
+        vals = [float(v) for v in entry.get("values", []) or [] if _finite(v)]
         if len(vals) >= 2:
             num += statistics.variance(vals) * (len(vals) - 1)
             dof += len(vals) - 1

@@ -89,8 +89,8 @@ def plot_history(record: StudyRecord, path: Path) -> None:
         ax.step(xs, ys, where="post", color="#2ca02c", lw=1.8, label="best so far")
     first = True
     for key, entry in record.confirmations.items():
-        if not _finite((entry or {}).get("mean")):
-            continue
+        if not isinstance(entry, dict) or not _finite(entry.get("mean")) or not str(key).isdigit():
+            continue  # a hand-edited or foreign entry: not a trial number with a mean
         n = int(key)
         lo, hi = entry.get("ci_low"), entry.get("ci_high")
         yerr = [[entry["mean"] - lo], [hi - entry["mean"]]] if _finite(lo) and _finite(hi) else None
@@ -98,7 +98,7 @@ def plot_history(record: StudyRecord, path: Path) -> None:
                     label="confirmed mean (95% CI)" if first else None)
         first = False
     ys_all = [v for t in trials for v in ([t.value] if t.state == TrialState.COMPLETE else [])]
-    ys_all += [e["mean"] for e in record.confirmations.values() if _finite((e or {}).get("mean"))]
+    ys_all += [e["mean"] for e in record.confirmations.values() if isinstance(e, dict) and _finite(e.get("mean"))]
     ys_all = [v for v in ys_all if _finite(v)]
     if ys_all:  # whiskers of a 2-seed interval can span +-3: clip them rather than flatten the points
         lo, hi = min(ys_all + [c.get_offsets()[:, 1].min() for c in ax.collections if len(c.get_offsets())]), max(
@@ -346,7 +346,7 @@ def summary_markdown(record: StudyRecord, best: Any, notes: dict[str, str | None
         L.append("| trial | sweep run | confirmed mean | 95% CI | n | values |")
         L.append("|---|---|---|---|---|---|")
         for key in sorted(conf, key=lambda k: int(k) if k.isdigit() else 0):
-            e = conf[key] or {}
+            e = conf[key] if isinstance(conf[key], dict) else {}
             t = next((t for t in record.trials() if str(t.number) == key), None)
             run = f"{t.value:.4f}" if t is not None and _finite(t.value) else "-"
             ci = f"[{e['ci_low']:.4f}, {e['ci_high']:.4f}]" if _finite(e.get("ci_low")) and _finite(e.get("ci_high")) else "no interval"

@@ -159,3 +159,13 @@ def test_report_files_are_replaced_whole_and_leave_no_temp_files(tmp_path):
     assert main(["report", STUDY, "--storage", url, "-o", str(out)]) == 0
     assert (out / "summary.md").read_text().startswith("# noisesweep report:")
     assert sorted(p.name for p in out.iterdir()) == sorted([*PLOTS, "summary.md"])
+
+
+def test_foreign_confirmation_entries_do_not_break_the_report(tmp_path):
+    """`confirmations` is a plain user_attr: an entry someone else wrote is skipped, not a crash."""
+    confs = {"2": conf_entry([0.54, 0.55, 0.56], PLANTED[2][1]), "notes": {"mean": 0.9}, "5": [0.1]}
+    url, _, _ = make_study(tmp_path, confirmations=confs)
+    out = tmp_path / "r"
+    assert main(["report", STUDY, "--storage", url, "-o", str(out)]) == 0
+    md = (out / "summary.md").read_text()
+    assert "| 2 | " in md and "0.5500" in md
