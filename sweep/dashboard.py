@@ -116,6 +116,7 @@ def _current_note(study: optuna.Study) -> str | None:
 def _upload_once(record: StudyRecord, store: Any, filename: str, data: bytes) -> str:
     """Upload unless the same bytes are already there under this name; returns 'kept'/'uploaded'."""
     from optuna.artifacts import get_all_artifact_meta, upload_artifact
+    from optuna.artifacts.exceptions import ArtifactNotFound
 
     study = record.study
     storage = study._storage
@@ -126,7 +127,7 @@ def _upload_once(record: StudyRecord, store: Any, filename: str, data: bytes) ->
             with store.open_reader(meta.artifact_id) as fh:
                 if hashlib.sha256(fh.read()).hexdigest() == digest:
                     return "kept"
-        except Exception:  # noqa: BLE001 - a meta whose file is gone: replace it
+        except ArtifactNotFound:  # a meta whose file is gone: replace it
             continue
     with tempfile.TemporaryDirectory(prefix="noisesweep-dash-") as tmp:
         path = Path(tmp) / filename
@@ -136,7 +137,7 @@ def _upload_once(record: StudyRecord, store: Any, filename: str, data: bytes) ->
         storage.set_study_system_attr(study._study_id, ARTIFACTS_PREFIX + meta.artifact_id, json.dumps(None))
         try:
             store.remove(meta.artifact_id)
-        except Exception:  # noqa: BLE001
+        except ArtifactNotFound:  # already gone: nothing to clean up
             pass
     return "uploaded"
 
