@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from quant.errors import ProfileError
 from sweep.errors import UserError
@@ -40,8 +41,16 @@ def _version() -> str:
         return "0+unknown"
 
 
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse prints its usage block before an error; a user gets one line naming the problem."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="noisesweep",
         description="Bayesian-optimization sweeps of AQN/RIN noise for quantized RL fine-tuning.",
     )
