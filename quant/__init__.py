@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from quant.formats import KNOWN_FORMATS, fake_quantize
-
 _LAZY = {
+    "KNOWN_FORMATS": "quant.formats",
+    "fake_quantize": "quant.formats",
     "QuantHandle": "quant.model",
     "QuantScheme": "quant.model",
     "quantize_model": "quant.model",
@@ -18,11 +18,11 @@ _LAZY = {
     "layer_multipliers": "quant.noise",
 }
 
-__all__ = ["KNOWN_FORMATS", "fake_quantize", *_LAZY]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
-    """Import model-level helpers on first use (they pull in more of torch.nn)."""
+    """Import on first use: `quant.errors` (all the CLI needs to start) must not pull in torch."""
     if name in _LAZY:
         import importlib
 
