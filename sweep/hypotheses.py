@@ -43,6 +43,14 @@ H2_REFERENCE_SIGMA = 0.05
 Z = 2.0
 
 INCONCLUSIVE = "inconclusive"
+# The verdict rule in one paragraph, for the report (the module docstring has the reasoning).
+RULE_TEXT = (
+    "A side without a COMPLETE trial is inconclusive. When both sides' best configs are confirmed with "
+    "95 % Student-t intervals, the better mean wins only if the intervals do not overlap. Otherwise the "
+    f"difference of the two bests must exceed {Z:g} x the pooled run-to-run sd x sqrt(1/n_a + 1/n_b) "
+    "(n: confirmed runs behind each best, else 1); without any config confirmed on >= 2 seeds there is "
+    "no noise estimate and the verdict is inconclusive."
+)
 
 
 @dataclass

@@ -360,7 +360,7 @@ def summary_markdown(record: StudyRecord, best: Any, notes: dict[str, str | None
     sd = hypotheses.noise_sd(conf)
     L.append(
         "Each side's best trial by confirmed mean where confirmed, else its single run (unconfirmed). "
-        f"Verdict rule: sweep/hypotheses.py. Run-to-run noise estimate: "
+        f"Verdict rule: {hypotheses.RULE_TEXT} Run-to-run noise estimate: "
         + (f"sd {sd:.4f} (pooled over confirmations)." if sd is not None else "none (no config confirmed on >= 2 seeds).")
     )
     L.append("")

@@ -51,6 +51,15 @@ def test_report_writes_all_plots_and_answers_the_hypotheses(tmp_path, capsys):
     assert url not in capsys.readouterr().out  # nothing on stdout
 
 
+def test_summary_states_the_verdict_rule(tmp_path):
+    from sweep.hypotheses import RULE_TEXT
+
+    url, _, _ = make_study(tmp_path)
+    assert main(["report", STUDY, "--storage", url, "-o", str(tmp_path / "r")]) == 0
+    md = (tmp_path / "r" / "summary.md").read_text()
+    assert f"Verdict rule: {RULE_TEXT}" in md and "intervals do not overlap" in md
+
+
 def test_without_confirmations_no_verdict_is_claimed(tmp_path):
     url, _, _ = make_study(tmp_path)
     out = tmp_path / "r"
