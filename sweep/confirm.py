@@ -73,6 +73,7 @@ def used_seeds(record: StudyRecord) -> set[int]:
 
 
 def fresh_seeds(count: int, used: set[int], start: int = FIRST_CONFIRM_SEED) -> list[int]:
+    """The first `count` seeds from `start` up that are not in `used`."""
     out: list[int] = []
     s = start
     while len(out) < count:
@@ -152,6 +153,7 @@ class Confirmation:
     wall_time_s: float = 0.0
 
     def to_attr(self) -> dict[str, Any]:
+        """The `confirmations[str(trial)]` entry (docs/CONTRACTS.md) stored in the study."""
         return {
             "values": self.values,
             "seeds": self.seeds,

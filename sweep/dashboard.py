@@ -36,6 +36,7 @@ ARTIFACTS_PREFIX = "artifacts:"
 
 
 def default_artifact_dir(url: str) -> Path:
+    """`noisesweep-artifacts` beside a sqlite file, else in the current folder."""
     try:
         parsed = sqlalchemy.engine.make_url(url)
     except Exception:  # noqa: BLE001

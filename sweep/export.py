@@ -234,6 +234,7 @@ class BestResult:
 
 
 def trial_sigma_end(trial: FrozenTrial) -> float:
+    """The recorded sigma_end, else sigma_start x sigma_ratio (trials from before the attr existed)."""
     v = trial.user_attrs.get("sigma_end")
     if _finite(v):
         return float(v)
@@ -294,6 +295,7 @@ def best_result(record: StudyRecord) -> BestResult:
 
 
 def count_states(record: StudyRecord) -> dict[str, int]:
+    """Trials per state name (COMPLETE, PRUNED, FAIL, RUNNING, WAITING always present)."""
     out = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
     for t in record.trials():
         out[t.state.name] = out.get(t.state.name, 0) + 1
@@ -312,6 +314,7 @@ def ci_text(entry: dict[str, Any] | None) -> str:
 
 
 def zone_names_of(record: StudyRecord) -> dict[int, str]:
+    """Layer index -> its profile zone name ('-' outside every zone; empty without a profile)."""
     if record.profile is None:
         return {}
     return {i: (record.profile.zone_of(i) or "-") for i in range(record.profile.num_layers)}
@@ -499,6 +502,7 @@ def trainer_config(record: StudyRecord, best: BestResult) -> Any:
 
 
 def yaml_text(record: StudyRecord, best: BestResult) -> str:
+    """The trainer-config document `noisesweep trial` runs again, with a provenance block."""
     from sweep.study import trainer_config_document
 
     config = trainer_config(record, best)
@@ -517,6 +521,7 @@ def yaml_text(record: StudyRecord, best: BestResult) -> str:
 
 
 def json_text(record: StudyRecord, best: BestResult) -> str:
+    """Everything about the best config plus its verl block and hydra overrides, as strict JSON."""
     doc = best_json(record, best)
     doc["verl"] = {NOISE_PREFIX: {k: ({str(i): m for i, m in v.items()} if isinstance(v, dict) else v)
                                   for k, v in verl_values(best).items()}}

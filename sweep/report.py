@@ -66,6 +66,7 @@ def _note_figure(path: Path, title: str, text: str) -> None:
 
 
 def plot_history(record: StudyRecord, path: Path) -> None:
+    """history.png: value per trial by state, best-so-far line, confirmed means with their CIs."""
     fig, ax = plt.subplots(figsize=(9, 4.8))
     trials = record.trials()
     for state, style in STATE_STYLE.items():
@@ -116,6 +117,7 @@ def plot_history(record: StudyRecord, path: Path) -> None:
 
 
 def plot_intermediate(record: StudyRecord, path: Path, best_number: int | None = None) -> None:
+    """intermediate.png: validation value vs real training step per trial, the best one haloed."""
     fig, ax = plt.subplots(figsize=(9, 5))
     trials = [t for t in record.trials() if t.intermediate_values]
     if not trials:
@@ -193,6 +195,7 @@ def plot_importances(record: StudyRecord, path: Path) -> str | None:
 
 
 def plot_parallel(record: StudyRecord, path: Path) -> str | None:
+    """parallel.png of the COMPLETE trials; returns a note (and draws it) when it cannot be made."""
     import optuna
     from optuna.visualization.matplotlib import plot_parallel_coordinate
 
@@ -225,6 +228,7 @@ def plot_parallel(record: StudyRecord, path: Path) -> str | None:
 
 
 def zone_colors(profile: Any) -> dict[str, str]:
+    """Zone name -> colour: the 3-tier names get fixed colours, others a fallback palette."""
     out: dict[str, str] = {}
     extra = iter(FALLBACK_COLORS * 4)
     for z in profile.zones:
@@ -233,6 +237,7 @@ def zone_colors(profile: Any) -> dict[str, str]:
 
 
 def plot_profile(record: StudyRecord, path: Path, multipliers: list[float] | None, label: str) -> str | None:
+    """profile.png: per-layer SRDD error by zone with the multipliers on a second axis; a note without a profile."""
     profile = record.profile
     if profile is None:
         note = "The study holds no SRDD profile."
@@ -301,6 +306,7 @@ def write_report(record: StudyRecord, out_dir: str | Path) -> Path:
 
 
 def summary_markdown(record: StudyRecord, best: Any, notes: dict[str, str | None]) -> str:
+    """summary.md: counts, ledger, best config, confirmations, H1-H5 with verdicts, the plots."""
     metric = _metric(record)
     counts = count_states(record)
     L: list[str] = [f"# noisesweep report: {record.name}", ""]
@@ -396,6 +402,7 @@ def summary_markdown(record: StudyRecord, best: Any, notes: dict[str, str | None
 
 
 def analyze_record(record: StudyRecord) -> list[hypotheses.Hypothesis]:
+    """H1-H5 over the study's COMPLETE trials, the worst zone taken from the search space or profile."""
     worst, layers = None, None
     if record.space is not None and record.space.zone_rank:
         worst = record.space.zone_rank[0]
