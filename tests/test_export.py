@@ -324,3 +324,14 @@ def test_write_text_atomic_keeps_the_old_file_when_writing_fails(tmp_path, monke
     assert [p.name for p in tmp_path.iterdir()] == ["best.yaml"]
     write_text_atomic(target, "new: 2\n")
     assert target.read_text() == "new: 2\n"
+
+
+@pytest.mark.parametrize("target, message", [("missing/best.yaml", "does not exist"), (".", "is a folder")])
+def test_export_to_a_bad_output_path_is_one_line(tmp_path, capsys, target, message):
+    url, _, _ = make_study(tmp_path)
+    out = tmp_path / target
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["export", STUDY, "--storage", url, "--format", "verl", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("noisesweep: error: -o:") and message in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.output)
         if not out.parent.is_dir():
             raise UserError(f"-o: folder {out.parent} does not exist")
+        if out.is_dir():
+            raise UserError(f"-o: {out} is a folder; give a file path such as best.yaml")
         write_text_atomic(out, text)
         print(f"noisesweep export: trial {best.trial.number} ({best.chosen_by}) written to {out} as {args.fmt}", file=sys.stderr)
     else:
