@@ -160,8 +160,30 @@ def _require_sqlite_file(url: str) -> None:
     except Exception:  # noqa: BLE001 - open_storage reports a bad URL
         return
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        if not Path(parsed.database).expanduser().is_file():
+        path = Path(parsed.database).expanduser()
+        if not path.is_file():
             raise UserError(f"storage {mask_url(url)}: no such database file {parsed.database} (no study has run there yet)")
+        if not _has_optuna_tables(path):  # RDBStorage would create its tables in it
+            raise UserError(f"storage {mask_url(url)}: {parsed.database} holds no Optuna studies (no study has run there yet)")
+
+
+def _has_optuna_tables(path: Path) -> bool:
+    """True unless `path` is a readable sqlite database without Optuna's `studies` table.
+
+    Opened read-only, so looking never writes; a file that is not a database is left to
+    open_storage to report.
+    """
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            row = con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='studies'").fetchone()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError:
+        return True
+    return row is not None
 
 
 def _attach_spec(record: StudyRecord, file_spec: Any | None) -> None:

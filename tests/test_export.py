@@ -335,3 +335,13 @@ def test_export_to_a_bad_output_path_is_one_line(tmp_path, capsys, target, messa
     err = capsys.readouterr().err
     assert err.startswith("noisesweep: error: -o:") and message in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_an_empty_sqlite_file_is_reported_not_filled_with_tables(tmp_path, capsys):
+    """A read command on an existing non-Optuna sqlite file must not create Optuna's tables in it."""
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    assert main(["best", STUDY, "--storage", f"sqlite:///{empty}"]) == 2
+    err = capsys.readouterr().err
+    assert "holds no Optuna studies" in err and err.count("\n") == 1
+    assert empty.stat().st_size == 0
