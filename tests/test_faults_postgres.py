@@ -65,7 +65,9 @@ def test_two_drivers_share_one_study(postgres, tmp_path: Path):
         assert "***" in d.stdout() + d.stderr() or "postgresql" not in d.stdout() + d.stderr()
 
     # the password is nowhere: work dir (study file, logs), Ray results, Ray session logs
-    roots = [tmp_path, ray_dir, Path.home() / "ray_results", *_ray_sessions_since(t0)]
+    sessions = _ray_sessions_since(t0)
+    assert sessions, "the drivers' Ray session logs were not where the test looked"
+    roots = [tmp_path, ray_dir, Path.home() / "ray_results", *sessions]
     hits = faultlib.grep_tree(roots, PASSWORD)
     assert not hits, f"password found in {hits}"
     assert any(ray_dir.rglob("*")), "the Ray results dir was not where the test looked"
