@@ -10,7 +10,9 @@
    the tiny space, via optuna.trial.create_trial + add_trials), then a few more trials driven
    through the product's searcher (sweep.bridge.NoisesweepSearch: budget check + TPE/prior
    sampling in suggest, four intermediate reports, tell + ledger bookkeeping in
-   on_trial_complete), timed per phase; relative to the empty study.
+   on_trial_complete), one trial per study in turn, timed per phase (median after the first);
+   relative to the empty study. The empty study's first trials are the sampler's random
+   start-up draws, so its suggest is the cheap case.
 
 Trials (1, 2) run one at a time in child processes (1 torch thread each, as in the tiny sweep),
 the configurations interleaved across repetitions. PNGs: bench/scaling_*.png.
@@ -167,54 +169,66 @@ def prefill(study: Any, space: Any, n: int, seed: int = 0) -> None:
     study.add_trials(trials)
 
 
-def driver_per_trial(size: int, extra: int, workdir: Path) -> dict[str, float]:
-    """Median ms per trial of the searcher's suggest and report+complete on a study of `size`."""
-    import optuna
+class DriverProbe:
+    """One pre-filled SQLite study and the product's searcher on it; `step()` times one more trial."""
 
-    from sweep import bridge
-    from sweep.budget import Budget
-    from sweep.space import SearchSpace
-    from sweep.storage import open_storage
+    def __init__(self, size: int, extra: int, workdir: Path) -> None:
+        import optuna
 
-    spec = C.tiny_study_spec()
-    space = SearchSpace.from_spec(spec)
-    url = f"sqlite:///{workdir / f'size-{size}.db'}"
-    storage = open_storage(url)
-    name = f"size-{size}"
-    study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
-    t0 = time.perf_counter()
-    prefill(study, space, size)
-    fill_s = time.perf_counter() - t0
-    searcher = bridge.NoisesweepSearch(space.define, storage=storage, study_name=name,
-                                       sampler=space.make_sampler(0), final_step=20,
-                                       budget=Budget(trials=size + extra + 1), heartbeat_interval=None)
-    suggest_ms, complete_ms = [], []
-    for i in range(extra):
-        tid = f"t{i}"
+        from sweep import bridge
+        from sweep.budget import Budget
+        from sweep.space import SearchSpace
+        from sweep.storage import open_storage
+
+        self.bridge, self.size, self.i = bridge, size, 0
+        space = SearchSpace.from_spec(C.tiny_study_spec())
+        storage = open_storage(f"sqlite:///{workdir / f'size-{size}.db'}")
+        name = f"size-{size}"
+        self.study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
         t0 = time.perf_counter()
-        config = searcher.suggest(tid)
+        prefill(self.study, space, size)
+        self.prefill_s = time.perf_counter() - t0
+        self.searcher = bridge.NoisesweepSearch(space.define, storage=storage, study_name=name,
+                                                sampler=space.make_sampler(0), final_step=20,
+                                                budget=Budget(trials=size + extra + 1), heartbeat_interval=None)
+        self.suggest_ms: list[float] = []
+        self.complete_ms: list[float] = []
+
+    def step(self) -> None:
+        """suggest (budget check + sampling), four intermediate reports, complete (tell + ledger)."""
+        b, tid = self.bridge, f"t{self.i}"
+        self.i += 1
+        t0 = time.perf_counter()
+        config = self.searcher.suggest(tid)
         t1 = time.perf_counter()
         if not isinstance(config, dict):
-            raise RuntimeError(f"searcher refused trial {i} on a study of {size}: {searcher.stop_reason}")
+            raise RuntimeError(f"searcher refused a trial on a study of {self.size}: {self.searcher.stop_reason}")
         for step in (5, 10, 15, 20):
-            searcher.on_trial_result(tid, {bridge.STEP_KEY: step, bridge.OBJECTIVE_KEY: 0.5 + step / 100})
-        searcher.on_trial_complete(tid, {bridge.FINAL_KEY: True, bridge.STATUS_KEY: "complete",
-                                         bridge.OBJECTIVE_KEY: 0.7, bridge.STEP_KEY: 20, "ns_wall_time_s": 1.0})
+            self.searcher.on_trial_result(tid, {b.STEP_KEY: step, b.OBJECTIVE_KEY: 0.5 + step / 100})
+        self.searcher.on_trial_complete(tid, {b.FINAL_KEY: True, b.STATUS_KEY: "complete", b.OBJECTIVE_KEY: 0.7,
+                                              b.STEP_KEY: 20, "ns_wall_time_s": 1.0})
         t2 = time.perf_counter()
-        suggest_ms.append((t1 - t0) * 1000)
-        complete_ms.append((t2 - t1) * 1000)
-    searcher.close()
-    n_done = len(study.get_trials(deepcopy=False))
-    if n_done != size + extra:
-        raise RuntimeError(f"study of {size}: {n_done} trials after the run, expected {size + extra}")
-    s, c = C.median(suggest_ms[1:] or suggest_ms), C.median(complete_ms[1:] or complete_ms)
-    return {"suggest_ms": s, "complete_ms": c, "total_ms": s + c, "prefill_s": fill_s}
+        self.suggest_ms.append((t1 - t0) * 1000)
+        self.complete_ms.append((t2 - t1) * 1000)
+
+    def result(self) -> dict[str, float]:
+        self.searcher.close()
+        n_done = len(self.study.get_trials(deepcopy=False))
+        if n_done != self.size + self.i:
+            raise RuntimeError(f"study of {self.size}: {n_done} trials after the run, expected {self.size + self.i}")
+        s, c = C.median(self.suggest_ms[1:] or self.suggest_ms), C.median(self.complete_ms[1:] or self.complete_ms)
+        return {"suggest_ms": s, "complete_ms": c, "total_ms": s + c, "prefill_s": self.prefill_s}
 
 
 def bench_study(sizes: list[int], extra: int) -> dict[str, Any]:
+    """Per-trial driver time for each study size; one trial per size in turn (interleaved)."""
     C.quiet_libraries()
     with tempfile.TemporaryDirectory(prefix="ns-bench-size-") as tmp:
-        per = {n: driver_per_trial(n, extra, Path(tmp)) for n in sizes}
+        probes = {n: DriverProbe(n, extra, Path(tmp)) for n in sizes}
+        for _ in range(extra):
+            for p in probes.values():
+                p.step()
+        per = {n: p.result() for n, p in probes.items()}
     total = {n: v["total_ms"] for n, v in per.items()}
     return {"x": sizes, "per_size": per, "total_ms": total, "relative": relative(total, sizes[0]), "ref": sizes[0]}
 
@@ -291,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                              [[k, r["step_s"][k], r["relative"][k]] for k in r["labels"]]))
     if "study" in parts:
         sizes = [0, 100, 1000]
-        r = bench_study(sizes, 3 if args.quick else 6)
+        r = bench_study(sizes, 5 if args.quick else 10)
         out["study"] = r
         per = r["per_size"]
         out["plots"]["study"] = str(plot(sizes, {"suggest (budget + TPE/prior sample)": [per[n]["suggest_ms"] for n in sizes],
