@@ -331,11 +331,7 @@ class NoisesweepSearch(OptunaSearch):
             config = super().suggest(trial_id)
             ot_trial = self._ot_trials[trial_id]
             seed = self._trial_seed(ot_trial.number) if callable(self._trial_seed) else int(self._trial_seed)
-            ot_trial.set_user_attr("seed", seed)
-            ot_trial.set_user_attr(DRIVER_ATTR, self.driver)
-            rdb = _rdb_of(self.study._storage)
-            if rdb is not None and rdb.heartbeat_interval:
-                rdb.record_heartbeat(ot_trial._trial_id)  # first beat at once: never look stale
+            ot_trial.set_user_attr("seed", seed)  # owner + first beat: _suggest_from_define_by_run_func
             self._started[trial_id] = time.time()
             self._running.add(trial_id)
             self.launched += 1
@@ -467,6 +463,13 @@ class NoisesweepSearch(OptunaSearch):
         return captured.get(key) if ot_trial is not None else None
 
     def _suggest_from_define_by_run_func(self, func: Callable, ot_trial: Any) -> dict:
+        # Claim the trial right after `ask`, before sampling (many storage round trips): a
+        # driver killed while sampling must not leave an ownerless, beat-less RUNNING trial
+        # that a resumed run cannot tell from a live one.
+        ot_trial.set_user_attr(DRIVER_ATTR, self.driver)
+        rdb = _rdb_of(self.study._storage)
+        if rdb is not None and rdb.heartbeat_interval:
+            rdb.record_heartbeat(ot_trial._trial_id)
         config = super()._suggest_from_define_by_run_func(func, ot_trial)
         derived = {k: v for k, v in config.items() if k not in ot_trial.params}
         self.__dict__.setdefault("_derived", {})
