@@ -28,6 +28,7 @@ from objective.result import StopTrial, TrialResult
 from sweep import bridge
 from sweep.budget import Budget, ledger_of
 from sweep.progress import Progress, ProgressCallback
+from sweep.errors import UserError
 from sweep.secrets import mask_url
 from sweep.storage import open_storage, study_lock
 
@@ -252,7 +253,15 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     # password must not travel there.
     sys.argv = [mask_url(a) if "://" in a else a for a in sys.argv]
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
+        address = os.environ["RAY_ADDRESS"]
+        try:
+            ray.init(address=address, **kwargs)
+        except ConnectionError as exc:
+            # Ray 2.60 clusters started with an auth token (~/.ray/auth_token) only accept
+            # drivers that set RAY_AUTH_MODE=token; say so instead of a bare ConnectionError.
+            hint = "" if os.environ.get("RAY_AUTH_MODE") else "; if the cluster uses an auth token, set RAY_AUTH_MODE=token"
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(f"RAY_ADDRESS={address}: cannot connect to the Ray cluster ({first}){hint}") from None
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, _node_ip_address="127.0.0.1", **kwargs)
 

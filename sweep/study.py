@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -635,6 +636,30 @@ def preflight(spec: StudySpec) -> None:
         cwd = getattr(obj.command, "cwd", None)
         if cwd and not Path(cwd).expanduser().is_dir():
             raise UserError(f"{source}: objective.command.cwd: no such folder {cwd}")
+        script = missing_script(obj.command.command, cwd)
+        if script:
+            raise UserError(f"{source}: objective.command.command: no such script {script}")
+
+
+SCRIPT_SUFFIXES = (".py", ".sh", ".bash")
+
+
+def missing_script(command: Sequence[str] | str, cwd: str | None) -> str | None:
+    """The first script-like argument (`*.py`, `*.sh`) of a command that does not exist, if any.
+
+    Without this a mistyped trainer script would launch Ray and record a failed trial per config.
+    Only arguments that look like paths to scripts are checked; everything else (flags, Hydra
+    overrides, `python -m module`) passes through untouched.
+    """
+    args = shlex.split(command) if isinstance(command, str) else list(command)
+    base = Path(cwd).expanduser() if cwd else Path.cwd()
+    for arg in args:
+        if "=" in arg or arg.startswith("-") or not arg.endswith(SCRIPT_SUFFIXES):
+            continue
+        path = Path(arg).expanduser()
+        if not (path if path.is_absolute() else base / path).is_file():
+            return arg
+    return None
 
 
 def check_trial_paths(config: TrialConfig) -> None:

@@ -298,6 +298,16 @@ def test_preflight_names_missing_model_and_data_paths(tmp_path: Path, tiny_profi
     spec = load_study(STUDIES / "verl-command-mxfp4-w4a4.yaml")
     with pytest.raises(UserError, match=r"objective.command.cwd: no such folder"):
         preflight(spec)
+    workdir = tmp_path / "verl"
+    workdir.mkdir()
+    spec = load_study(STUDIES / "verl-command-mxfp4-w4a4.yaml", [f"objective.command.cwd={workdir}"])
+    script = spec.objective.command.command
+    script = script.split()[-1] if isinstance(script, str) else next(a for a in script if a.endswith(".sh"))
+    with pytest.raises(UserError, match=rf"objective.command.command: no such script {script}"):
+        preflight(spec)
+    (workdir / script).parent.mkdir(parents=True, exist_ok=True)
+    (workdir / script).write_text("#!/bin/bash\n")
+    assert preflight(spec) is None
     tiny = load_study(write_study(tmp_path, tiny_profile))
     assert preflight(tiny) is None  # `tiny` is the shipped checkpoint, no path to check
 
