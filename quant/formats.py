@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import torch
 
+from quant.format_names import KNOWN_FORMATS  # noqa: F401 - re-exported: part of the quant.formats API
+
 E2M1_MAX = 6.0  # largest E2M1 magnitude; values beyond saturate
 E2M1_MAX_POW2 = 2  # floor(log2(E2M1_MAX)): MX scale exponent = floor(log2(amax)) - 2
 MX_BLOCK_SIZE = 32  # OCP MX v1.0 block length
@@ -47,7 +49,6 @@ E4M3_MIN_NORMAL_EXP = -6  # below 2^-6 E4M3 is subnormal with a fixed step 2^-9
 E4M3_MANTISSA_BITS = 3
 F32_MANTISSA_BITS, F32_EXP_BIAS = 23, 127
 
-KNOWN_FORMATS = ("mxfp4", "nvfp4")
 BLOCK_SIZES = {"mxfp4": MX_BLOCK_SIZE, "nvfp4": NV_BLOCK_SIZE}
 _MAGIC_HALF, _MAGIC_ONE, _MAGIC_TWO = 2.0**22, 2.0**23, 2.0**24  # float32 ulp = 0.5, 1, 2
 

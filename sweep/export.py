@@ -35,9 +35,9 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.errors import UserError
+from sweep.export_formats import FORMATS
 from sweep.secrets import mask_url
 
-FORMATS = ("verl", "hydra", "yaml", "json")
 NOISE_PREFIX = "trainer.noise_injection"
 
 

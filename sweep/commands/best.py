@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from sweep.export import _jsonable, best_json, best_result, format_best, open_record
-
 
 def add_study_args(p: argparse.ArgumentParser) -> None:
     """STUDY + --storage, shared by best/confirm/export/report."""
@@ -28,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sweep.export import _jsonable, best_json, best_result, format_best, open_record
+
     record = open_record(args.study, args.storage)
     best = best_result(record)
     if args.json:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 
 from sweep.commands.best import add_study_args
-from sweep.confirm import confirm_study, format_table
-from sweep.export import open_record
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,6 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sweep.confirm import confirm_study, format_table
+    from sweep.export import open_record
+
     record = open_record(args.study, args.storage)
     spec_confirm = record.spec.confirm if record.spec is not None else None
     top = args.top if args.top is not None else (spec_confirm.top if spec_confirm else 3)

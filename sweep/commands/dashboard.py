@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import argparse
 
-from sweep.dashboard import serve
-from sweep.storage import resolve_url
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("dashboard", help="optuna-dashboard with the SRDD profile and study settings",
@@ -23,5 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sweep.dashboard import serve
+    from sweep.storage import resolve_url
+
     serve(resolve_url(args.storage, None), host=args.host, port=args.port, artifact_dir=args.artifact_dir)
     return 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sweep.commands.best import add_study_args
 from sweep.errors import UserError
-from sweep.export import FORMATS, best_result, export_text, open_record, write_text_atomic
+from sweep.export_formats import FORMATS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.fmt not in FORMATS:  # before touching the storage
         raise UserError(f"--format: unknown format {args.fmt!r} (choose from {', '.join(FORMATS)})")
+    from sweep.export import best_result, export_text, open_record, write_text_atomic
+
     record = open_record(args.study, args.storage)
     best = best_result(record)
     text = export_text(record, best, args.fmt)

@@ -6,8 +6,6 @@ import argparse
 import sys
 
 from sweep.commands.best import add_study_args
-from sweep.export import open_record
-from sweep.report import PLOTS, write_report
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,6 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sweep.export import open_record
+    from sweep.report import PLOTS, write_report
+
     record = open_record(args.study, args.storage)
     summary = write_report(record, args.out_dir)
     print(f"noisesweep report: wrote {summary} and {', '.join(PLOTS)} in {summary.parent}", file=sys.stderr)

@@ -15,7 +15,6 @@ import sys
 from typing import Any
 
 from sweep.errors import UserError
-from sweep.secrets import mask_url
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
 def closing_text(summary: Any, spec: Any, url: str, args: argparse.Namespace) -> str:
     """The best config and where to go next."""
+    from sweep.secrets import mask_url
+
     c = summary.counts
     lines = [
         f"study {summary.study_name} ({mask_url(url)}): {c.get('COMPLETE', 0)} complete, "

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from quant.formats import KNOWN_FORMATS
+from quant.format_names import KNOWN_FORMATS
 
 DEFAULT_BATCHES = 4
 DEFAULT_BATCH_SIZE = 16

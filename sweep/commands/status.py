@@ -12,14 +12,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-import optuna
-import sqlalchemy
-from optuna.trial import TrialState
-
 from sweep.errors import UserError
-from sweep.secrets import mask_url
 
-STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
+# Columns of the table, by Optuna TrialState name (optuna is imported only when a command runs).
+STATE_NAMES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +42,10 @@ def _target(args: argparse.Namespace) -> tuple[str | None, str]:
 
 
 def _check_sqlite_exists(url: str) -> None:
+    import sqlalchemy
+
+    from sweep.secrets import mask_url
+
     parsed = sqlalchemy.engine.make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
         if not Path(parsed.database).expanduser().is_file():
@@ -53,6 +53,10 @@ def _check_sqlite_exists(url: str) -> None:
 
 
 def study_rows(storage: Any, only: str | None) -> list[dict[str, Any]]:
+    import optuna
+    from optuna.trial import TrialState
+
+    states = [TrialState[name] for name in STATE_NAMES]
     names = optuna.get_all_study_names(storage)
     if only is not None:
         if only not in names:
@@ -63,7 +67,7 @@ def study_rows(storage: Any, only: str | None) -> list[dict[str, Any]]:
     for name in names:
         study = optuna.load_study(study_name=name, storage=storage)
         trials = study.get_trials(deepcopy=False)
-        counts = {s.name: sum(1 for t in trials if t.state == s) for s in STATES}
+        counts = {s.name: sum(1 for t in trials if t.state == s) for s in states}
         done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
         best = None
         if done:
@@ -99,6 +103,9 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import optuna
+
+    from sweep.secrets import mask_url
     from sweep.storage import open_storage
 
     name, url = _target(args)

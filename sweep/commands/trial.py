@@ -22,20 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from sweep.errors import UserError
-from sweep.export import _jsonable
-from sweep.overrides import apply_overrides, load_yaml_file, override_paths, parse_override
-from sweep.study import (
-    BuiltinObjective,
-    StudySpec,
-    build_study,
-    format_validation_error,
-    is_trainer_config,
-    parse_trainer_config,
-    task_metric,
-)
 
 # Metrics echoed in the progress lines besides the objective metric.
 _PROGRESS_KEYS = ("train/reward_mean", "noise/sigma", "time/step_s")
@@ -58,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
     """(study overrides, trainer-config overrides) by the first path component."""
+    from sweep.overrides import parse_override
+    from sweep.study import StudySpec
+
     study, config = [], []
     for o in overrides:
         head = parse_override(o)[0][0]
@@ -84,7 +74,11 @@ def _load_params(text: str | None) -> dict[str, Any]:
 
 
 def _apply_config_overrides(config: Any, overrides: list[str], source: str) -> Any:
+    from pydantic import ValidationError
+
     from objective.config import TrialConfig
+    from sweep.overrides import apply_overrides, override_paths
+    from sweep.study import format_validation_error
 
     if not overrides:
         return config
@@ -115,6 +109,10 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sweep.export import _jsonable
+    from sweep.overrides import load_yaml_file
+    from sweep.study import BuiltinObjective, build_study, is_trainer_config, parse_trainer_config, task_metric
+
     source = str(args.study)
     data = load_yaml_file(source)
     study_sets, config_sets = _split_overrides(list(args.overrides or []))
