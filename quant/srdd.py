@@ -25,7 +25,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,6 +178,33 @@ class Zone:
 
 
 # --------------------------------------------------------------------------- zones
+def _optimal_partition(n: int, parts: int, cost: Callable[[int, int], float]) -> list[tuple[int, int]]:
+    """Split items 0..n-1 into `parts` non-empty contiguous runs minimizing the summed cost(i, j).
+
+    Why one function: layers into runs and runs into tiers are the same exact DP (O(parts n^2)).
+    cost(i, j) prices the half-open run i..j-1. Ties go to the earliest split, so the result is
+    deterministic. Returns the half-open (i, j) runs in order.
+    """
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(parts + 1)]
+    back = [[0] * (n + 1) for _ in range(parts + 1)]
+    best[0][0] = 0.0
+    for p in range(1, parts + 1):
+        for j in range(p, n + 1):
+            for i in range(p - 1, j):
+                c = best[p - 1][i] + cost(i, j)
+                if c < best[p][j] - 1e-12:
+                    best[p][j] = c
+                    back[p][j] = i
+    out: list[tuple[int, int]] = []
+    j = n
+    for p in range(parts, 0, -1):
+        i = back[p][j]
+        out.append((i, j))
+        j = i
+    return out[::-1]
+
+
 def segment_layers(errors: Sequence[float], num_segments: int) -> list[tuple[int, int]]:
     """Optimal split of the layers into contiguous runs minimizing within-run squared error.
 
@@ -198,24 +225,7 @@ def segment_layers(errors: Sequence[float], num_segments: int) -> list[tuple[int
         s = cs[j] - cs[i]
         return max(0.0, cs2[j] - cs2[i] - s * s / (j - i))
 
-    inf = float("inf")
-    best = [[inf] * (n + 1) for _ in range(k + 1)]
-    back = [[0] * (n + 1) for _ in range(k + 1)]
-    best[0][0] = 0.0
-    for seg in range(1, k + 1):
-        for j in range(seg, n + 1):
-            for i in range(seg - 1, j):
-                c = best[seg - 1][i] + cost(i, j)
-                if c < best[seg][j] - 1e-12:
-                    best[seg][j] = c
-                    back[seg][j] = i
-    out: list[tuple[int, int]] = []
-    j = n
-    for seg in range(k, 0, -1):
-        i = back[seg][j]
-        out.append((i, j - 1))
-        j = i
-    return out[::-1]
+    return [(i, j - 1) for i, j in _optimal_partition(n, k, cost)]
 
 
 def tier_segments(
@@ -240,24 +250,7 @@ def tier_segments(
         mu = sum(w[a] * m[a] for a in range(i, j)) / tw
         return sum(w[a] * (m[a] - mu) ** 2 for a in range(i, j))
 
-    inf = float("inf")
-    best = [[inf] * (n + 1) for _ in range(t + 1)]
-    back = [[0] * (n + 1) for _ in range(t + 1)]
-    best[0][0] = 0.0
-    for g in range(1, t + 1):
-        for j in range(g, n + 1):
-            for i in range(g - 1, j):
-                c = best[g - 1][i] + cost(i, j)
-                if c < best[g][j] - 1e-12:
-                    best[g][j] = c
-                    back[g][j] = i
-    groups: list[list[int]] = []
-    j = n
-    for g in range(t, 0, -1):
-        i = back[g][j]
-        groups.append(order[i:j])
-        j = i
-    groups.reverse()
+    groups = [order[i:j] for i, j in _optimal_partition(n, t, cost)]
     zones = []
     for name, grp in zip(TIER_NAMES[t], groups, strict=True):
         layers = sorted(layer for s in grp for layer in range(segments[s][0], segments[s][1] + 1))
