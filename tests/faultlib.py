@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
 import yaml
 from optuna.trial import TrialState
 
@@ -36,6 +37,25 @@ QWEN_PROFILE = REPO / "studies" / "priors" / "qwen2.5-1.5b-mxfp4.json"
 ACC_KEY = "val-core/openai/gsm8k/acc/mean@1"
 DRIVER_DIED = "driver died"
 ARTIFACTS = REPO / "test-artifacts"
+
+
+# --------------------------------------------------------------------------- servers
+def postgres_fixture(password: str) -> Any:
+    """A module-scoped `postgres` fixture: one throwaway server (tests/servers.py) with `password`.
+
+    Why a factory: each fault module uses its own password, so a leak check can search for it.
+    Use as `postgres = faultlib.postgres_fixture(PASSWORD)` at module level.
+    """
+
+    @pytest.fixture(scope="module")
+    def postgres():
+        from servers import start_postgres
+
+        server = start_postgres(password)
+        yield server
+        server.stop()
+
+    return postgres
 
 
 # --------------------------------------------------------------------------- study files

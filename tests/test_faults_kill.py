@@ -29,14 +29,7 @@ pytestmark = pytest.mark.slow
 BUDGET = 6
 PASSWORD = "K1ll-Dr1ver-Pw-5c3e"
 
-
-@pytest.fixture(scope="module")
-def postgres():
-    from servers import start_postgres
-
-    server = start_postgres(PASSWORD)
-    yield server
-    server.stop()
+postgres = faultlib.postgres_fixture(PASSWORD)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

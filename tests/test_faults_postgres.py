@@ -21,14 +21,7 @@ pytestmark = pytest.mark.slow
 BUDGET = 6
 PASSWORD = "Tw0-Dr1vers-Pg-9f4a7"
 
-
-@pytest.fixture(scope="module")
-def postgres():
-    from servers import start_postgres
-
-    server = start_postgres(PASSWORD)
-    yield server
-    server.stop()
+postgres = faultlib.postgres_fixture(PASSWORD)
 
 
 def _ray_sessions_since(t0: float) -> list[Path]:
