@@ -15,6 +15,7 @@ import torch
 
 from objective import StopTrial, run_trial
 from objective import grpo as grpo_mod
+from modellib import save_random_qwen2, with_overrides
 from objective import reward as reward_mod
 
 VAL = "val-core/tiny-arith/acc/mean@1"
@@ -23,22 +24,10 @@ TIMING = ("time/step_s", "time/rollout_s", "time/train_s", "perf/tokens_per_s")
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from objective.tiny.tokenizer import build_tokenizer
-
-    tok = build_tokenizer()
-    torch.manual_seed(0)
-    cfg = Qwen2Config(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
-        tie_word_embeddings=True,
+    return save_random_qwen2(
+        tmp_path_factory.mktemp("tiny2"), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
     )
-    out = tmp_path_factory.mktemp("tiny2")
-    Qwen2ForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 def small(model_dir: Path, **over: Any) -> dict[str, Any]:
@@ -51,12 +40,7 @@ def small(model_dir: Path, **over: Any) -> dict[str, Any]:
         "algo": {"prompts_per_step": 4, "samples_per_prompt": 4},
         "steps": {"total": 2, "val_at": [0, 2]},
     }
-    for key, value in over.items():
-        if isinstance(value, dict):
-            cfg[key] = {**cfg.get(key, {}), **value}
-        else:
-            cfg[key] = value
-    return cfg
+    return with_overrides(cfg, over)
 
 
 def strip_timing(history: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from modellib import save_random_qwen2, with_overrides
 from objective import reward as reward_mod
 from objective import run_trial, vllm_engine
 from objective.config import load_config
@@ -155,16 +156,7 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> list[FakeLLM]:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from objective.tiny.tokenizer import build_tokenizer
-
-    tok = build_tokenizer()
-    torch.manual_seed(0)
-    cfg = Qwen2Config(**{**CFG, "vocab_size": len(tok)}, pad_token_id=tok.pad_token_id,
-                      eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
-    out = tmp_path_factory.mktemp("tiny_vllm")
-    Qwen2ForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return save_random_qwen2(tmp_path_factory.mktemp("tiny_vllm"), **CFG)
 
 
 def trial_cfg(model_dir: Path, **over: Any) -> dict[str, Any]:
@@ -174,9 +166,7 @@ def trial_cfg(model_dir: Path, **over: Any) -> dict[str, Any]:
         "algo": {"prompts_per_step": 2, "samples_per_prompt": 4},
         "steps": {"total": 2, "val_at": [0, 2]}, "rollout": {"backend": "vllm"},
     }
-    for k, v in over.items():
-        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
-    return cfg
+    return with_overrides(cfg, over)
 
 
 def policy(scheme: QuantScheme | None, lora_b_zero: bool = False):
