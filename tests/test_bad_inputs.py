@@ -97,6 +97,8 @@ CASES = [
     Case("unknown-set-key", [*RUN, "--set", "budget.trialz=3"], "trialz", study=_base),
     Case("set-wrong-type", [*RUN, "--set", "resources.max_concurrent=lots"], "max_concurrent", study=_base),
     Case("malformed-yaml", RUN, "study.yaml", study="name: base\nobjective: {kind: command\n  budget: [1, 2\n"),
+    Case("missing-trainer-script", RUN, "no_such_train.sh", study=_edit(lambda s: s["objective"]["command"].update(
+        command=["bash", "no_such_train.sh"]))),
     Case("unknown-cli-flag", [*RUN, "--bogus-flag"], "--bogus-flag", study=_base, subprocess=True),
     Case("export-unknown-format", ["export", STUDY, "--storage", "sqlite:///{db}", "--format", "docx"], "docx"),
     Case("export-unknown-study", ["export", "nosuch-study", "--storage", "sqlite:///{db}", "--format", "verl"],
