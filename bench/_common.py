@@ -155,6 +155,19 @@ def write_json(path: str | Path | None, data: Mapping[str, Any]) -> None:
     p.write_text(json.dumps(data, indent=2, default=float))
 
 
+def save_plot(fig: Any, ax: Any, path: Path) -> Path:
+    """Every bench plot ends the same way: grid, legend, tight layout, PNG written, figure freed."""
+    import matplotlib.pyplot as plt
+
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def quiet_libraries() -> None:
     """Silence optuna's per-trial INFO lines: bench output is the table."""
     import optuna

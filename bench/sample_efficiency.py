@@ -333,13 +333,7 @@ def plot_traces(traces: dict[str, list[list[float]]], best: float, path: Path, s
     ax.set_xlabel("trials")
     ax.set_ylabel("confirmed acc. of incumbent (pts)")
     ax.set_title(f"Sample efficiency on the {surface} surrogate (median of reps)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return C.save_plot(fig, ax, path)
 
 
 if __name__ == "__main__":

@@ -254,13 +254,7 @@ def plot(x: list[Any], ys: dict[str, list[float | None]], *, xlabel: str, ylabel
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return C.save_plot(fig, ax, path)
 
 
 def main(argv: list[str] | None = None) -> int:
