@@ -337,13 +337,13 @@ def _cat_rollouts(ros: list[Rollout], tokenizer: Any) -> Rollout:
 def sigma_schedule(cfg: TrialConfig) -> list[float]:
     """sigma for each update 1..total, from the run's real step count (0 when noise is off).
 
-    Update s uses quant.noise.sigma_at(s - 1, total): interval 0 (noise-free) covers the first
+    Update s uses quant.noise_plan.sigma_at(s - 1, total): interval 0 (noise-free) covers the first
     total/num_stages updates and the last interval is reached before the run ends.
     """
     n = cfg.noise
     if not n.enabled:
         return [0.0] * cfg.steps.total
-    from quant.noise import sigma_at
+    from quant.noise_plan import sigma_at
 
     return [
         float(sigma_at(s - 1, cfg.steps.total, n.sigma_start, n.sigma_end, n.num_stages))

@@ -1,4 +1,7 @@
-"""AQN/RIN noise: QeRL's staged sigma schedule, per-layer multipliers, and the injector.
+"""AQN/RIN noise: the injector that puts a NoisePlan's noise into a model.
+
+The schedule (`sigma_at`) and the per-layer multipliers (`layer_multipliers`) live in
+quant/noise_plan.py, torch-free, beside the NoisePlan that every consumer reads.
 
 The injector adds Gaussian noise to a model for the rollout (and optionally the training) forward
 passes of one optimizer step, and takes it away again bit-exactly:
@@ -47,64 +50,11 @@ import torch
 from torch import nn
 
 from quant.model import find_decoder_layers, peft_tuner_classes
+from quant.noise_plan import SITES
 
 log = logging.getLogger("quant.noise")
 
-SITES = ("rmsnorm", "linear")
 APPLY_TO = ("rollout", "both")
-
-
-def sigma_at(step: int, total_steps: int, sigma_start: float, sigma_end: float, num_stages: int) -> float:
-    """QeRL's staged schedule: `num_stages` equal intervals of the real run length.
-
-    k = floor(min(step, total) / (total / num_stages)), capped at num_stages - 1, computed in
-    integers (min(step, total) * num_stages // total) so interval edges never wobble by float
-    rounding. k == 0 -> 0.0 (quantization noise only); k >= 1 ->
-    sigma_start * (sigma_end / sigma_start) ** ((k - 1) / (num_stages - 2)).
-    `total_steps` must be the run's real step count: a run cut short must still reach the last stage.
-    """
-    if num_stages < 3:
-        raise ValueError(f"num_stages must be >= 3 (interval 0 is noise-free), got {num_stages}")
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    for name, value in (("sigma_start", sigma_start), ("sigma_end", sigma_end)):
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    if sigma_start == 0 and sigma_end != 0:
-        raise ValueError("sigma_start is 0 but sigma_end is not: a geometric schedule cannot start at 0")
-    k = min(min(step, total_steps) * num_stages // total_steps, num_stages - 1)
-    if k == 0:
-        return 0.0
-    if sigma_start == sigma_end:
-        return float(sigma_start)
-    return float(sigma_start * (sigma_end / sigma_start) ** ((k - 1) / (num_stages - 2)))
-
-
-def layer_multipliers(errors: Sequence[float], zone_layers: set[int] | None, alpha: float) -> list[float]:
-    """m_l = (e_l / mean(e)) ** alpha inside the zones (None = every layer), 0.0 outside.
-
-    The mean runs over all layers, so a zone's multipliers do not depend on which zones are on.
-    """
-    errs = [float(e) for e in errors]
-    if not errs:
-        raise ValueError("layer_multipliers needs at least one per-layer error, got none")
-    bad = [i for i, e in enumerate(errs) if not math.isfinite(e) or e <= 0]
-    if bad:
-        raise ValueError(f"per-layer errors must be finite and > 0; bad layers: {bad}")
-    if not math.isfinite(alpha) or alpha < 0:
-        raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
-    n = len(errs)
-    if zone_layers is not None:
-        outside = sorted(i for i in zone_layers if not 0 <= int(i) < n)
-        if outside:
-            raise ValueError(f"zone layer indices {outside} out of range for {n} layers")
-        zone = {int(i) for i in zone_layers}
-    else:
-        zone = set(range(n))
-    mean = sum(errs) / n
-    return [(e / mean) ** alpha if i in zone else 0.0 for i, e in enumerate(errs)]
 
 
 def _norms(layer: nn.Module) -> list[nn.Module]:

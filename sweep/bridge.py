@@ -38,6 +38,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from quant.noise_plan import PLAN_ATTR
 from sweep.budget import DRIVER_DIED, Budget, ledger_of, trial_cost_hours
 
 # Keys the trainable puts in every Tune result (namespaced so they never clash with metrics).
@@ -275,6 +276,7 @@ class NoisesweepSearch(OptunaSearch):
         self._started: dict[str, float] = {}
         self._last: dict[str, dict[str, Any]] = {}
         self._running: set[str] = set()
+        self._plans: dict[str, dict[str, Any]] = {}  # trial_id -> the NoisePlan dict `space` returned
         self.launched = 0
         self.finished_numbers: list[int] = []
         self.stop_reason: str | None = None
@@ -332,6 +334,10 @@ class NoisesweepSearch(OptunaSearch):
             ot_trial = self._ot_trials[trial_id]
             seed = self._trial_seed(ot_trial.number) if callable(self._trial_seed) else int(self._trial_seed)
             ot_trial.set_user_attr("seed", seed)  # owner + first beat: _suggest_from_define_by_run_func
+            plan = config.get(PLAN_ATTR)
+            if plan is not None:  # recorded at launch, so a RUNNING trial already shows its noise
+                self._plans[trial_id] = plan
+                ot_trial.set_user_attr(PLAN_ATTR, plan)
             self._started[trial_id] = time.time()
             self._running.add(trial_id)
             self.launched += 1
@@ -425,12 +431,13 @@ class NoisesweepSearch(OptunaSearch):
         if metrics:
             attrs["metrics"] = json.loads(metrics)
         applied = json.loads(result[APPLIED_KEY]) if result.get(APPLIED_KEY) else {}
+        plan = self._plans.get(trial_id, {})
         multipliers = applied.get("multipliers")
         if multipliers is None:
-            multipliers = self._config_value(trial_id, "multipliers")
+            multipliers = plan.get("multipliers")
         if multipliers is not None:
             attrs["multipliers"] = list(multipliers)
-        sigma_end = applied.get("sigma_end", self._config_value(trial_id, "sigma_end"))
+        sigma_end = applied.get("sigma_end", plan.get("sigma_end"))
         if sigma_end is not None:
             attrs["sigma_end"] = sigma_end
         if applied:
@@ -457,11 +464,6 @@ class NoisesweepSearch(OptunaSearch):
         step = last.get("step")
         return TrialState.PRUNED, None, f"pruned at step {step} by {self.scheduler_name}", attrs
 
-    def _config_value(self, trial_id: str, key: str) -> Any:
-        ot_trial = self._ot_trials.get(trial_id)
-        captured = getattr(self, "_derived", {}).get(trial_id, {})
-        return captured.get(key) if ot_trial is not None else None
-
     def _suggest_from_define_by_run_func(self, func: Callable, ot_trial: Any) -> dict:
         # Claim the trial right after `ask`, before sampling (many storage round trips): a
         # driver killed while sampling must not leave an ownerless, beat-less RUNNING trial
@@ -470,13 +472,7 @@ class NoisesweepSearch(OptunaSearch):
         rdb = _rdb_of(self.study._storage)
         if rdb is not None and rdb.heartbeat_interval:
             rdb.record_heartbeat(ot_trial._trial_id)
-        config = super()._suggest_from_define_by_run_func(func, ot_trial)
-        derived = {k: v for k, v in config.items() if k not in ot_trial.params}
-        self.__dict__.setdefault("_derived", {})
-        for tid, t in self._ot_trials.items():
-            if t is ot_trial:
-                self._derived[tid] = derived
-        return config
+        return super()._suggest_from_define_by_run_func(func, ot_trial)
 
     # --- checkpoints: correction 8 ----------------------------------------------------------
     def save(self, checkpoint_path: str) -> None:

@@ -20,6 +20,7 @@ hand the fork identical values. Floats are written with repr(): they read back b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -34,6 +35,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from quant.noise_plan import PLAN_ATTR, NoisePlan
 from sweep.errors import UserError
 from sweep.export_formats import FORMATS
 from sweep.secrets import mask_url
@@ -240,12 +242,19 @@ class BestResult:
     trial: FrozenTrial
     value: float  # the single sweep run's objective value
     params: dict[str, Any]
-    sigma_end: float
-    multipliers: list[float] | None
+    plan: NoisePlan  # the noise the trial ran (see trial_plan)
     seed: int | None
     seed_config: str | None
     confirmation: dict[str, Any] | None  # the `confirmations` entry, when confirmed
     chosen_by: str  # "confirmed mean" or "single run"
+
+    @property
+    def sigma_end(self) -> float:
+        return self.plan.sigma_end
+
+    @property
+    def multipliers(self) -> list[float] | None:
+        return None if self.plan.multipliers is None else list(self.plan.multipliers)
 
     @property
     def score(self) -> float:
@@ -255,25 +264,42 @@ class BestResult:
         return self.value
 
 
-def trial_sigma_end(trial: FrozenTrial) -> float:
-    """The recorded sigma_end, else sigma_start x sigma_ratio (trials from before the attr existed)."""
-    v = trial.user_attrs.get("sigma_end")
-    if _finite(v):
-        return float(v)
-    return float(trial.params["sigma_start"]) * float(trial.params.get("sigma_ratio", 1.0))
+def trial_plan(record: StudyRecord, trial: FrozenTrial) -> NoisePlan:
+    """The NoisePlan a trial ran: its recorded plan, with the values it reported as applied winning.
 
-
-def trial_multipliers(record: StudyRecord, trial: FrozenTrial) -> list[float] | None:
-    """The multipliers the trial applied (user_attr), else recomputed from the profile."""
-    m = trial.user_attrs.get("multipliers")
-    if isinstance(m, list) and all(_finite(x) for x in m):
-        return [float(x) for x in m]
-    if record.space is not None:
+    Trials from before the plan was recorded get it rebuilt from their params on the profile
+    (or, without a usable profile, from the params alone: uniform noise).
+    """
+    plan: NoisePlan | None = None
+    raw = trial.user_attrs.get(PLAN_ATTR)
+    if isinstance(raw, dict):
         try:
-            return list(record.space.derived(trial.params)["multipliers"])
+            plan = NoisePlan.from_dict(raw)
+        except (KeyError, TypeError, ValueError):
+            plan = None
+    if plan is None and record.space is not None:
+        try:
+            plan = record.space.plan(trial.params)
         except (KeyError, ValueError, UserError):
-            return None
-    return None
+            plan = None
+    if plan is None:
+        p = trial.params
+        plan = NoisePlan(
+            sigma_start=float(p["sigma_start"]),
+            sigma_end=float(p["sigma_start"]) * float(p.get("sigma_ratio", 1.0)),
+            num_stages=int(p["num_stages"]),
+            site=p.get("site", "rmsnorm"),
+            zones=str(p.get("zones", "all")),
+            alpha=float(p.get("alpha", 0.0)),
+        )
+    applied: dict[str, Any] = {}
+    m = trial.user_attrs.get("multipliers")
+    if isinstance(m, list) and m and all(_finite(x) and x >= 0 for x in m):
+        applied["multipliers"] = tuple(float(x) for x in m)
+    end = trial.user_attrs.get("sigma_end")
+    if _finite(end) and 0 <= end <= plan.sigma_start:
+        applied["sigma_end"] = float(end)
+    return dataclasses.replace(plan, **applied) if applied else plan
 
 
 def _result(record: StudyRecord, trial: FrozenTrial, confirmation: dict[str, Any] | None, how: str) -> BestResult:
@@ -282,8 +308,7 @@ def _result(record: StudyRecord, trial: FrozenTrial, confirmation: dict[str, Any
         trial=trial,
         value=float(trial.value),  # type: ignore[arg-type]
         params=dict(trial.params),
-        sigma_end=trial_sigma_end(trial),
-        multipliers=trial_multipliers(record, trial),
+        plan=trial_plan(record, trial),
         seed=int(seed) if isinstance(seed, int) else None,
         seed_config=trial.user_attrs.get("seed_config"),
         confirmation=confirmation,
@@ -407,17 +432,16 @@ def _site(record: StudyRecord, best: BestResult) -> str:
 
 def verl_values(best: BestResult) -> dict[str, Any]:
     """The fork's `trainer.noise_injection` keys for the best config (multipliers as a dict)."""
-    from objective.command import multipliers_dict
-
+    plan = best.plan
     out: dict[str, Any] = {
         "enabled": True,
-        "sigma_start": float(best.params["sigma_start"]),
-        "sigma_end": float(best.sigma_end),
-        "num_stages": int(best.params["num_stages"]),
+        "sigma_start": plan.sigma_start,
+        "sigma_end": plan.sigma_end,
+        "num_stages": plan.num_stages,
     }
-    if best.multipliers is not None:
+    if plan.multipliers is not None:
         out["use_variable_sigma"] = True
-        out["layer_multipliers"] = multipliers_dict(best.multipliers)
+        out["layer_multipliers"] = plan.multipliers_dict()
     return out
 
 
@@ -516,10 +540,10 @@ def trainer_config(record: StudyRecord, best: BestResult) -> Any:
             "(use --format verl or hydra for the fork)"
         )
     seed = best.seed if best.seed is not None else int(record.spec.trial_seed)
-    config = space.to_trial_config(best.params, seed=seed)
-    if best.multipliers is not None and len(best.multipliers) == len(config.noise.layer_multipliers or []):
-        noise = config.noise.model_copy(update={"layer_multipliers": list(best.multipliers), "sigma_end": best.sigma_end})
-        config = config.model_copy(update={"noise": noise})
+    plan = best.plan
+    if plan.multipliers is not None and len(plan.multipliers) != space.num_layers:
+        plan = space.plan(best.params)  # recorded for another profile: the study's own
+    config = space.to_trial_config(plan, seed=seed)
     return type(config).model_validate(config.model_dump())
 
 

@@ -25,6 +25,7 @@ import optuna
 from optuna.trial import TrialState
 
 from objective.result import StopTrial, TrialResult
+from quant.noise_plan import PLAN_ATTR, NoisePlan
 from sweep import bridge
 from sweep.budget import Budget, ledger_of
 from sweep.progress import Progress, ProgressCallback
@@ -32,7 +33,7 @@ from sweep.errors import UserError
 from sweep.secrets import mask_url
 from sweep.storage import open_storage, study_lock
 
-# objective_fn(config, report) -> TrialResult; config = suggested params + derived values
+# objective_fn(config, report) -> TrialResult; config = suggested params + {PLAN_ATTR: NoisePlan dict}
 # + bridge.SEED_KEY; report(step, metrics) after each validation.
 ObjectiveFn = Callable[[dict[str, Any], Callable[[int, dict[str, float]], None]], TrialResult]
 
@@ -406,10 +407,9 @@ def run_sweep(
     )
 
 
-def _params_of(config: dict[str, Any]) -> dict[str, Any]:
-    from sweep.space import PARAM_NAMES
-
-    return {k: config[k] for k in PARAM_NAMES if k in config}
+def _plan_of(config: dict[str, Any]) -> NoisePlan:
+    """The trial's NoisePlan, as SearchSpace.define put it into Ray's config."""
+    return NoisePlan.from_dict(config[PLAN_ATTR])
 
 
 def builtin_objective(space: Any) -> ObjectiveFn:
@@ -418,7 +418,7 @@ def builtin_objective(space: Any) -> ObjectiveFn:
     def objective_fn(config: dict[str, Any], report: Callable[[int, dict[str, float]], None]) -> TrialResult:
         from objective import run_trial
 
-        trial_config = space.to_trial_config(_params_of(config), seed=int(config[bridge.SEED_KEY]))
+        trial_config = space.to_trial_config(_plan_of(config), seed=int(config[bridge.SEED_KEY]))
         return run_trial(trial_config, report)
 
     return objective_fn
@@ -430,7 +430,7 @@ def command_objective(space: Any, command: Any) -> ObjectiveFn:
     def objective_fn(config: dict[str, Any], report: Callable[[int, dict[str, float]], None]) -> TrialResult:
         from objective.command import run_command_trial
 
-        values = space.to_command_values(_params_of(config), seed=int(config[bridge.SEED_KEY]))
+        values = space.to_command_values(_plan_of(config), seed=int(config[bridge.SEED_KEY]))
         return run_command_trial(command, values, report, timeout_s=getattr(command, "timeout_s", None))
 
     return objective_fn

@@ -38,6 +38,7 @@ from pydantic import (
 )
 
 from objective.config import TrialConfig
+from quant.noise_plan import MIN_NUM_STAGES
 from sweep.errors import UserError
 from sweep.overrides import apply_overrides, load_yaml_file, override_paths
 from sweep.secrets import mask_url
@@ -95,10 +96,10 @@ class RatioRange(LogRange):
 
 
 class StagesRange(_Model):
-    """num_stages: QeRL's schedule needs >= 3 (stage 0 is noise-free, then a decay over >= 2)."""
+    """num_stages: the range must hold only plans QeRL's schedule can run (quant.noise_plan)."""
 
-    low: int = Field(ge=3)
-    high: int = Field(ge=3)
+    low: int = Field(ge=MIN_NUM_STAGES)
+    high: int = Field(ge=MIN_NUM_STAGES)
 
     @model_validator(mode="after")
     def _order(self) -> StagesRange:
@@ -183,7 +184,7 @@ class SeedConfig(_Model):
     sigma_start: float = Field(gt=0)
     sigma_end: float | None = Field(None, gt=0)
     sigma_ratio: float | None = Field(None, gt=0, le=1)
-    num_stages: int = Field(ge=3)
+    num_stages: int = Field(ge=MIN_NUM_STAGES)
     zones: str = "all"
     alpha: float = Field(0.0, ge=0)
     site: Literal["rmsnorm", "linear"] | None = None  # None: the space's first site

@@ -375,7 +375,7 @@ def make_contract_study(url: str, study_path: Path, *, states: Iterable[str]) ->
     study.set_user_attr("srdd_profile", json.loads(profile.to_json()))
     for i, state in enumerate(states):
         trial = study.ask()
-        derived = space.define(trial)
+        derived = space.define(trial)["noise_plan"]
         x = _math.log10(trial.params["sigma_start"])
         final = round(0.55 + 0.05 * _math.exp(-((x + 2.0) ** 2)) + 0.001 * i, 6)
         steps = [5, 10, 15, 20] if state != "pruned" else [5, 10]

@@ -25,7 +25,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 def space(trial: optuna.Trial) -> dict:
     x = trial.suggest_float("x", 0.0, 1.0)
     trial.suggest_categorical("zones", ["all", "high"])
-    return {"sigma_end": x / 100, "multipliers": [0.5, 1.5]}
+    return {"noise_plan": {"sigma_end": x / 100, "multipliers": [0.5, 1.5]}}  # what SearchSpace.define returns
 
 
 @pytest.fixture

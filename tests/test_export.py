@@ -89,9 +89,9 @@ def make_study(
         p = dict(params)
         if "site" not in space.distributions:
             p.pop("site", None)
-        derived = space.derived(p)
+        plan = space.plan(p)
         attrs: dict[str, Any] = {
-            "sigma_end": derived["sigma_end"], "multipliers": derived["multipliers"], "seed": i,
+            "sigma_end": plan.sigma_end, "multipliers": list(plan.multipliers), "seed": i,
             "wall_time_s": 30.0, "compute_hours": 30.0 / 3600, "last_step": 5 * len(curve),
         }
         if seed_config:
@@ -197,11 +197,11 @@ def test_verl_export_floats_round_trip_bit_exact(tmp_path):
     out = tmp_path / "v.yaml"
     assert main(["export", STUDY, "--storage", url, "--format", "verl", "-o", str(out)]) == 0
     block = load_verl_export(out)
-    derived = space.derived(planted[0][1])
+    plan = space.plan(planted[0][1])
     assert block["sigma_start"] == 0.0123456789012345
-    assert block["sigma_end"] == derived["sigma_end"]
-    assert list(block["layer_multipliers"].values()) == derived["multipliers"]
-    assert len(set(derived["multipliers"])) == 8  # alpha > 0: all distinct, a real test of the repr
+    assert block["sigma_end"] == plan.sigma_end
+    assert list(block["layer_multipliers"].values()) == list(plan.multipliers)
+    assert len(set(plan.multipliers)) == 8  # alpha > 0: all distinct, a real test of the repr
 
 
 def test_hydra_export_is_one_shell_line_the_command_objective_would_write(tmp_path, capsys):

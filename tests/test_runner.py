@@ -41,7 +41,7 @@ def ray_local():
 def space(trial: optuna.Trial) -> dict:
     x = trial.suggest_float("x", 0.0, 1.0)
     trial.suggest_categorical("zones", ["all", "high"])
-    return {"sigma_end": x / 100, "multipliers": [1.0 - x, 1.0 + x]}
+    return {"noise_plan": {"sigma_end": x / 100, "multipliers": [1.0 - x, 1.0 + x]}}  # as SearchSpace.define
 
 
 def make_objective(*, delay_per_x: float = 0.0, fake_wall_s: float | None = None, db_name: str = ""):

@@ -56,7 +56,7 @@ def test_define_stays_in_range_and_sigma_end_never_exceeds_start(qwen_space: Sea
     d = qwen_space.distributions
     for _ in range(40):
         trial = study.ask()
-        derived = qwen_space.define(trial)
+        derived = qwen_space.define(trial)["noise_plan"]
         p = trial.params
         assert set(p) == {"sigma_start", "sigma_ratio", "num_stages", "zones", "alpha", "site"}
         for name, dist in d.items():
