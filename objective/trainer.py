@@ -6,10 +6,10 @@ update of the LoRA weights (training forward: clean norms unless noise.apply_to 
 Validation is greedy on the held-out set with the quantized model and NO noise (what the model
 would score when deployed), at the steps in `steps.val_at` (0 = before any update).
 
-Generation goes through one seam, `objective.rollout.make_rollout`: `hf` samples from the policy
-module itself; `vllm` (objective/vllm_engine.py) receives the policy's merged, quantized weights
-and this step's noisy norms at each `rollout.sync()` (once per step inside the noise context, once
-per validation outside it).
+Generation goes through one seam, `objective.rollout.make_rollout` (a RolloutBackend): `hf`
+samples from the policy module itself; `vllm` (objective/rollout/vllm_backend.py) receives the
+policy's merged, quantized weights and this step's noisy norms at each `rollout.sync()` (once per
+step inside the noise context, once per validation outside it).
 
 Failures are results: StopTrial from `report` -> "pruned"; a non-finite loss/logits, a timeout,
 an exception in training or in `report` -> "failed" with a one-line reason.
@@ -32,7 +32,7 @@ from objective import grpo
 from objective import reward as _reward
 from objective.config import TrialConfig, load_config
 from objective.result import ReportFn, StopTrial, TrialResult
-from objective.rollout import NonFiniteError, Rollout, TrialTimeout, make_rollout, require_vllm
+from objective.rollout import NonFiniteError, Rollout, TrialTimeout, check_backend, make_rollout
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -103,11 +103,7 @@ class Trainer:
         from objective.tasks import load_task
 
         self.cfg = cfg
-        if cfg.rollout.backend == "vllm":
-            require_vllm()  # before any model is loaded: a missing gpu extra is a one-line error
-            from objective.vllm_engine import check_config
-
-            check_config(cfg)
+        check_backend(cfg)  # before any model loads: a missing gpu extra is a one-line error
         torch.manual_seed(cfg.seed)
         base, self.tokenizer = load_model(cfg)
         self.num_layers = int(base.config.num_hidden_layers)

@@ -1,7 +1,7 @@
 """The vllm rollout backend below the engine, on CPU.
 
 vLLM cannot run here (no GPU, not installed), so `FakeLLM` is a TEST DOUBLE for `vllm.LLM`: it
-implements only the surface objective/vllm_engine.py calls (apply_model, generate) on a plain HF
+implements only the surface objective/rollout/vllm_backend.py calls (apply_model, generate) on a plain HF
 Qwen2 whose attention and MLP are rebuilt with vLLM's fused modules (`qkv_proj`, `gate_up_proj`,
 the members reading slices of the fused output) and whose `load_weights` stacks HF-named q/k/v and
 gate/up tensors into them as vLLM's qwen2.py does. A fake `vllm` module supplies SamplingParams.
@@ -23,10 +23,11 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from modellib import save_random_qwen2, with_overrides
 from objective import reward as reward_mod
-from objective import run_trial, vllm_engine
+from objective import run_trial
+from objective.rollout import vllm_backend
 from objective.config import load_config
 from objective.trainer import Trainer
-from objective.vllm_sync import activation_hook_targets, vllm_module_name, vllm_state_dict
+from objective.rollout.vllm_sync import activation_hook_targets, vllm_module_name, vllm_state_dict
 from quant.model import QuantScheme, quantize_model
 from quant.noise import NoiseInjector
 
@@ -147,10 +148,10 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> list[FakeLLM]:
     engines: list[FakeLLM] = []
 
     def build(cfg: Any, max_model_len: int) -> FakeLLM:
-        engines.append(fake_engine_from(vllm_engine.model_dir(cfg)))
+        engines.append(fake_engine_from(vllm_backend.model_dir(cfg)))
         return engines[-1]
 
-    monkeypatch.setattr(vllm_engine, "build_engine", build)
+    monkeypatch.setattr(vllm_backend, "build_engine", build)
     return engines
 
 
@@ -229,7 +230,7 @@ def test_w4a4_hooks_on_fused_modules_match_with_an_untrained_adapter_and_drift_a
         model, handle, inj = policy(QuantScheme.w4a4("mxfp4"), lora_b_zero=lora_b_zero)
         fake = FakeVllmQwen2(Qwen2Config(**CFG))
         targets = activation_hook_targets(handle.module_names, handle.excluded_names)
-        assert vllm_engine.register_activation_hooks(fake, targets, "mxfp4") == 8
+        assert vllm_backend.register_activation_hooks(fake, targets, "mxfp4") == 8
         with torch.no_grad(), inj.rollout():
             ref = model(input_ids=IDS).logits
             fake.load_weights(vllm_state_dict(model, inj).items())
@@ -244,7 +245,7 @@ def test_w4a4_hooks_on_fused_modules_match_with_an_untrained_adapter_and_drift_a
 def test_missing_hook_target_is_an_error() -> None:
     # a layout the mapping did not foresee must not silently serve A16
     with pytest.raises(RuntimeError, match="no module model.layers.2.self_attn.qkv_proj"):
-        vllm_engine.register_activation_hooks(FakeVllmQwen2(Qwen2Config(**CFG)), ["model.layers.2.self_attn.qkv_proj"], "mxfp4")
+        vllm_backend.register_activation_hooks(FakeVllmQwen2(Qwen2Config(**CFG)), ["model.layers.2.self_attn.qkv_proj"], "mxfp4")
 
 
 # ---- the trainer's vllm path, end to end through the double ---------------------------------
@@ -321,14 +322,14 @@ def test_run_trial_with_the_vllm_backend_completes(model_dir: Path, fake_vllm: l
 
 def test_engine_arguments(model_dir: Path) -> None:
     cfg = load_config(trial_cfg(model_dir, model={"dtype": "bfloat16"}))
-    kw = vllm_engine.llm_kwargs(cfg, 2048, "0.11.0")
+    kw = vllm_backend.llm_kwargs(cfg, 2048, "0.11.0")
     assert kw["enforce_eager"] is True  # the activation hooks need eager mode
     assert kw["model"] == str(model_dir) and kw["dtype"] == "bfloat16" and kw["seed"] == 3
-    assert kw["gpu_memory_utilization"] == vllm_engine.DEFAULT_GPU_MEMORY_UTILIZATION and kw["max_model_len"] == 2048
+    assert kw["gpu_memory_utilization"] == vllm_backend.DEFAULT_GPU_MEMORY_UTILIZATION and kw["max_model_len"] == 2048
     assert kw["logprobs_mode"] == "processed_logprobs"
-    assert "logprobs_mode" not in vllm_engine.llm_kwargs(cfg, 2048, "0.8.5")  # the argument did not exist yet
-    assert "logprobs_mode" not in vllm_engine.llm_kwargs(cfg, 2048, "0.10.1.dev3+gabc")
-    tiny = vllm_engine.llm_kwargs(load_config({"rollout": {"backend": "vllm"}}), 64, "0.11.0")
+    assert "logprobs_mode" not in vllm_backend.llm_kwargs(cfg, 2048, "0.8.5")  # the argument did not exist yet
+    assert "logprobs_mode" not in vllm_backend.llm_kwargs(cfg, 2048, "0.10.1.dev3+gabc")
+    tiny = vllm_backend.llm_kwargs(load_config({"rollout": {"backend": "vllm"}}), 64, "0.11.0")
     assert (Path(tiny["model"]) / "config.json").is_file()
 
 

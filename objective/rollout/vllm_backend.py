@@ -1,7 +1,7 @@
 """The `vllm` rollout backend: a colocated vLLM engine fed the policy's weights every step.
 
 Per step (trainer: `rollout.sync()` inside `injector.rollout()`, then `generate`):
-1. objective.vllm_sync.vllm_state_dict flattens the policy: LoRA merged into the fake-quantized
+1. objective.rollout.vllm_sync.vllm_state_dict flattens the policy: LoRA merged into the fake-quantized
    base, this step's noisy RMSNorm weights, HF names. The first push is the full dict; later ones
    only the tensors that can change (LoRA-merged projections, RMSNorm weights).
 2. The dict goes into the engine through the model's own `load_weights` (V1 `LLM.apply_model`
@@ -11,7 +11,8 @@ Per step (trainer: `rollout.sync()` inside `injector.rollout()`, then `generate`
 Validation syncs again with the noise off (quantized, un-noised weights) and decodes greedily.
 Scope: one GPU, engine colocated with training (no tensor parallelism); the trial deadline is
 checked before each `generate` (a vLLM batch cannot be interrupted); noise site "linear" is
-refused at trial start (`check_config`): the engine receives weights, not hooks on outputs.
+refused before any model loads (objective.rollout.checks): the engine receives weights, not hooks
+on outputs.
 
 W4A4: the weights arrive already on the format grid; the activation fake-quant runs as Python
 forward pre-hooks on vLLM's linear modules, registered once through apply_model. Names map HF ->
@@ -36,7 +37,7 @@ Read, not run (vLLM sources via code search): V1 `LLM.apply_model(fn)` -> `llm_e
 -> `collective_rpc("apply_model", args=(fn,))`, i.e. fn(worker's model) per worker, a list back;
 in-process that is a direct call, with multiprocessing fn is cloudpickled (needs
 VLLM_ALLOW_INSECURE_SERIALIZATION=1 and copies every pushed tensor between processes), hence the
-env var below. Qwen2's `load_weights` stacks HF names (see objective/vllm_sync.py).
+env var below. Qwen2's `load_weights` stacks HF names (see objective/rollout/vllm_sync.py).
 NOT verified (no GPU, vLLM not installed here): the real `vllm.LLM` constructor arguments,
 whether this vLLM version's `apply_model` runs in-process with the env var set, the real
 `load_weights`/output structures, vLLM's log-prob semantics (V1 returns the raw model's
@@ -51,18 +52,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from objective.rollout import Rollout, TrialTimeout, encode_prompts, require_vllm
-from objective.vllm_sync import activation_hook_targets, apply_model, load_into_vllm, vllm_state_dict
+from objective.rollout.base import Rollout, TrialTimeout, encode_prompts, pad_token_id
+from objective.rollout.checks import check_noise_site, require_vllm
+from objective.rollout.vllm_sync import activation_hook_targets, apply_model, load_into_vllm, vllm_state_dict
+
+if TYPE_CHECKING:
+    from objective.config import TrialConfig
+    from quant.model import QuantHandle
+    from quant.noise import NoiseInjector
 
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.4  # leaves the rest of the GPU to the training forward/backward
 MAX_MODEL_LEN_CAP = 8192
 
 
-def model_dir(cfg: Any) -> str:
+def model_dir(cfg: TrialConfig) -> str:
     """The local directory vLLM loads (the tiny checkpoint's for `tiny`)."""
     if cfg.model.path == "tiny":
         from objective.tiny import TINY_CHECKPOINT_DIR
@@ -71,13 +78,9 @@ def model_dir(cfg: Any) -> str:
     return str(Path(cfg.model.path).expanduser())
 
 
-def check_config(cfg: Any) -> None:
+def check_config(cfg: TrialConfig) -> None:
     """Refuse, before any model loads, what the engine cannot serve (it only receives weights)."""
-    if cfg.noise.enabled and cfg.noise.site != "rmsnorm":
-        raise ValueError(
-            f"noise.site: '{cfg.noise.site}' cannot run on rollout.backend=vllm (the engine only receives "
-            "weights); use noise.site=rmsnorm or rollout.backend=hf"
-        )
+    check_noise_site(cfg)
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -88,7 +91,7 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def llm_kwargs(cfg: Any, max_model_len: int, vllm_version: str) -> dict[str, Any]:
+def llm_kwargs(cfg: TrialConfig, max_model_len: int, vllm_version: str) -> dict[str, Any]:
     """Arguments for vllm.LLM (a pure function, so the choices are tested without vLLM).
 
     enforce_eager: CUDA graphs / torch.compile would bypass the Python activation hooks.
@@ -110,7 +113,7 @@ def llm_kwargs(cfg: Any, max_model_len: int, vllm_version: str) -> dict[str, Any
     return kw
 
 
-def build_engine(cfg: Any, max_model_len: int) -> Any:  # pragma: no cover - needs vLLM and a GPU
+def build_engine(cfg: TrialConfig, max_model_len: int) -> Any:  # pragma: no cover - needs vLLM and a GPU
     """The real engine: in-process (hooks and weight copies reach the serving model), eager."""
     vllm = require_vllm()
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -161,12 +164,12 @@ class VllmRollout:
 
     def __init__(
         self,
-        cfg: Any,
+        cfg: TrialConfig,
         model: torch.nn.Module,
         tokenizer: Any,
         *,
-        quant: Any = None,
-        injector: Any = None,
+        quant: QuantHandle | None = None,
+        injector: NoiseInjector | None = None,
         deadline: float | None = None,
         engine: Any = None,
     ) -> None:
@@ -205,7 +208,7 @@ class VllmRollout:
                 raise TrialTimeout("timed out before generation")
         ids, mask = encode_prompts(self.tokenizer, prompts)
         eos = self.tokenizer.eos_token_id
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        pad = pad_token_id(self.tokenizer)
         # one seed per request: identical prompts in a GRPO group must still draw different samples
         seeds = torch.randint(0, 2**31 - 1, (len(prompts),), generator=self.seed_gen).tolist()
         params = [

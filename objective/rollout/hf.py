@@ -1,70 +1,22 @@
-"""Rollout backends: generate responses (and their log-probs at the sampling temperature).
+"""The `hf` rollout backend: a hand-written sampling loop over the policy module itself.
 
-`hf` is a hand-written sampling loop with a KV cache over the whole batch: for the tiny model it
-is several times faster than `generate()` (no logits processors, no per-step bookkeeping), and
-it returns the log-prob of every sampled token for free, which the trainer uses as the old
-policy's log-probs. `vllm` (objective/vllm_engine.py) imports vLLM lazily; without it, choosing it
-fails with one line. `make_rollout` is the only place the backend is chosen.
+A KV cache over the whole batch: for the tiny model it is several times faster than `generate()`
+(no logits processors, no per-step bookkeeping), and it returns the log-prob of every sampled
+token for free, which the trainer can use as the old policy's log-probs. Generation runs on the
+(noisy, quantized) policy in place, so there is nothing to sync and nothing to release.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from objective.rollout.base import NonFiniteError, Rollout, TrialTimeout, encode_prompts, pad_token_id
 
-class TrialTimeout(Exception):
-    """The trial's wall-clock budget ran out (checked between steps and per generated token)."""
-
-
-class NonFiniteError(Exception):
-    """Logits or loss became NaN/Inf: the run diverged."""
-
-
-@dataclass
-class Rollout:
-    """A batch of prompts and their sampled responses, padded on the right after the prompt.
-
-    prompt_ids (B, P) left-padded; response_ids (B, R) with pad after EOS; response_mask (B, R)
-    is 1 on real response tokens (EOS included, nothing after it); logp (B, R) the sampling
-    policy's log-prob of each token at the sampling temperature (0 where masked).
-    """
-
-    prompt_ids: torch.Tensor
-    prompt_mask: torch.Tensor
-    response_ids: torch.Tensor
-    response_mask: torch.Tensor
-    logp: torch.Tensor
-    texts: list[str]
-
-
-def require_vllm() -> Any:
-    """Import vllm or fail in one line: the `vllm` backend needs the gpu extra."""
-    try:
-        import vllm  # type: ignore[import-not-found]
-    except ImportError:
-        raise ValueError(
-            "rollout.backend: 'vllm' needs vLLM, which is not installed; "
-            "install the gpu extra (pip install 'noisesweep[gpu]') or use rollout.backend=hf"
-        ) from None
-    return vllm
-
-
-def encode_prompts(tokenizer: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad a batch of prompt strings (decoder-only generation needs the prompts aligned at the end)."""
-    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    width = max(len(x) for x in ids)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out = torch.full((len(ids), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, x in enumerate(ids):
-        if x:
-            out[i, width - len(x) :] = torch.tensor(x, dtype=torch.long)
-            mask[i, width - len(x) :] = 1
-    return out, mask
+if TYPE_CHECKING:
+    from objective.config import TrialConfig
 
 
 @torch.no_grad()
@@ -83,7 +35,7 @@ def hf_generate(
     Position ids follow the attention mask so left padding does not shift positions.
     """
     eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    pad = pad_token_id(tokenizer)
     dev = next(model.parameters()).device
     ids, mask = encode_prompts(tokenizer, prompts)
     ids, mask = ids.to(dev), mask.to(dev)
@@ -135,8 +87,8 @@ def hf_generate(
 class HfRollout:
     """The `hf` backend: samples from the policy module itself, so there is nothing to sync."""
 
-    def __init__(self, cfg: Any, model: torch.nn.Module, tokenizer: Any, *, generator: torch.Generator | None,
-                 deadline: float | None) -> None:
+    def __init__(self, cfg: TrialConfig, model: torch.nn.Module, tokenizer: Any, *,
+                 generator: torch.Generator | None, deadline: float | None) -> None:
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
         self.generator, self.deadline = generator, deadline
 
@@ -156,23 +108,3 @@ class HfRollout:
             generator=self.generator,
             deadline=self.deadline,
         )
-
-
-def make_rollout(
-    cfg: Any,
-    model: torch.nn.Module,
-    tokenizer: Any,
-    *,
-    quant: Any = None,
-    injector: Any = None,
-    generator: torch.Generator | None = None,
-    deadline: float | None = None,
-) -> Any:
-    """The one place the backend is chosen. Both backends have `sync()` (before a phase's
-    generations: the rollout inside the noise context, validation outside it),
-    `generate(prompts, temperature) -> Rollout` and `close()`."""
-    if cfg.rollout.backend == "vllm":
-        from objective import vllm_engine
-
-        return vllm_engine.VllmRollout(cfg, model, tokenizer, quant=quant, injector=injector, deadline=deadline)
-    return HfRollout(cfg, model, tokenizer, generator=generator, deadline=deadline)
