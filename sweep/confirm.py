@@ -33,7 +33,7 @@ from typing import IO, Any
 from optuna.trial import FrozenTrial
 
 from sweep.errors import UserError
-from sweep.export import StudyRecord, _finite
+from sweep.record import StudyRecord, finite_number
 
 Runner = Callable[[dict[str, Any], int], Any]  # (params, seed) -> objective.TrialResult
 FIRST_CONFIRM_SEED = 1000  # confirmation seeds start here, skipping every seed already used
@@ -200,7 +200,7 @@ def confirm_study(
         prev = record.confirmations.get(str(t.number)) or {}
         new_seeds = fresh_seeds(seeds, used)
         used.update(new_seeds)
-        values = [float(v) for v in prev.get("values", []) if _finite(v)]
+        values = [float(v) for v in prev.get("values", []) if finite_number(v)]
         seed_list = [int(s) for s in prev.get("seeds", [])]
         failures = list(prev.get("failures", []) or [])
         conf = Confirmation(
@@ -223,7 +223,7 @@ def confirm_study(
             except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others
                 status, value, reason = "failed", None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             dt = time.monotonic() - t0
-            if status == "complete" and _finite(value):
+            if status == "complete" and finite_number(value):
                 conf.values.append(float(value))
                 conf.seeds.append(seed)
                 conf.new_runs += 1

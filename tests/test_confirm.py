@@ -12,7 +12,7 @@ from test_export import PLANTED, STUDY, make_study
 from objective.result import TrialResult
 from sweep.cli import main
 from sweep.confirm import confirm_study, fresh_seeds, mean_ci, top_trials
-from sweep.export import open_record
+from sweep.record import open_record
 
 
 def test_mean_ci_is_the_student_t_interval():

@@ -273,7 +273,9 @@ def test_hydra_export_of_a_command_study_uses_its_own_keys(tmp_path, capsys):
     """A command study's param_map/multipliers_key are the keys its trials got: the export keeps them."""
     import shlex
 
-    from sweep.export import hydra_overrides, best_result, open_record
+    from sweep.best import best_result
+    from sweep.export import hydra_overrides
+    from sweep.record import open_record
 
     url, _, _ = make_study(tmp_path)
     record = open_record(STUDY, url)
@@ -309,7 +311,7 @@ def test_help_renders(command, capsys):
 
 def test_write_text_atomic_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     """A crash mid-write must not leave a truncated export behind (nor a temp file)."""
-    from sweep.export import write_atomic, write_text_atomic
+    from sweep.atomic import write_atomic, write_text_atomic
 
     target = tmp_path / "best.yaml"
     write_text_atomic(target, "old: 1\n")

@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 from test_export import PLANTED, STUDY, conf_entry, make_study
 
 from sweep.cli import main
-from sweep.export import open_record
+from sweep.record import open_record
 from sweep.hypotheses import INCONCLUSIVE, Hypothesis, Side, analyze, decide
 from sweep.report import PLOTS
 
