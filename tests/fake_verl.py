@@ -3,7 +3,7 @@
 
 Run like the team's scripts run verl: ``python fake_verl.py key=value +key=value ...``. It reads
 the overrides with its own small reader of Hydra's override grammar (independent of
-objective/command.py, so a formatting mistake there shows up as a mismatch here), records its
+objective/command/verl_fork.py, so a formatting mistake there shows up as a mismatch here), records its
 argv as JSON, and prints what verl 0.4-0.5 under Ray prints: Ray/vLLM start-up noise on stderr,
 tqdm redraws with carriage returns, coloured ``(TaskRunner pid=N)`` prefixes,
 ``step:N - key:np.float64(x)`` metric lines for every training step, validation metrics at
