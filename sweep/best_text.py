@@ -36,6 +36,13 @@ def format_best(record: StudyRecord, best: BestResult) -> str:
         + f", chosen by {best.chosen_by}",
         f"  {metric}: {best.value:.4f} (single sweep run, seed {best.seed if best.seed is not None else '?'})",
     ]
+    if best.replicates:
+        lo_hi = best.ci95
+        lines.append(
+            f"  mean over {len(best.replicates)} tuning seeds: {best.search_score:.4f}"
+            + (f" [95% CI {lo_hi[0]:.4f}, {lo_hi[1]:.4f}]" if lo_hi and not best.confirmation else "")
+            + f" (seeds {sorted(best.replicates)})"
+        )
     if best.confirmation:
         lines.append(f"  confirmed mean: {ci_text(best.confirmation)} on seeds {best.confirmation.get('seeds')}")
     else:
@@ -70,6 +77,12 @@ def best_json(record: StudyRecord, best: BestResult) -> dict[str, Any]:
         "chosen_by": best.chosen_by,
         "value": best.value,
         "score": best.score,
+        "n_seeds": best.n_seeds,
+        "ci95": best.ci95,
+        "search_score": best.search_score,
+        "confirmed_score": best.confirmed_score,
+        "search_confirmed_gap": best.search_confirmed_gap,
+        "replicates": {str(k): v for k, v in best.replicates.items()},
         "params": best.params,
         "derived": {"sigma_end": best.sigma_end},
         "multipliers": best.multipliers,

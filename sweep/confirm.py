@@ -35,23 +35,11 @@ from optuna.trial import FrozenTrial
 from sweep.errors import UserError
 from sweep.record import StudyRecord, finite_number
 
+from sweep.stats import mean_ci
+
 Runner = Callable[[dict[str, Any], int], Any]  # (params, seed) -> objective.TrialResult
+
 FIRST_CONFIRM_SEED = 1000  # confirmation seeds start here, skipping every seed already used
-
-
-def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float | None, float | None]:
-    """(mean, low, high) of a Student-t interval; (mean, None, None) for a single value."""
-    if not values:
-        raise ValueError("mean_ci: no values")
-    n = len(values)
-    mean = statistics.fmean(values)
-    if n < 2:
-        return mean, None, None
-    from scipy.stats import t
-
-    sd = statistics.stdev(values)
-    half = float(t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
 
 
 def used_seeds(record: StudyRecord) -> set[int]:

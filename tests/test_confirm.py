@@ -11,7 +11,8 @@ from test_export import PLANTED, STUDY, make_study
 
 from objective.result import TrialResult
 from sweep.cli import main
-from sweep.confirm import confirm_study, fresh_seeds, mean_ci, top_trials
+from sweep.confirm import confirm_study, fresh_seeds, top_trials
+from sweep.stats import mean_ci
 from sweep.record import open_record
 
 
