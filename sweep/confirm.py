@@ -126,7 +126,7 @@ class Confirmation:
 def _store(record: StudyRecord, conf: Confirmation) -> None:
     """Merge one entry into the study's `confirmations` (re-read first: others may have written)."""
     study = record.study
-    fresh = study._storage.get_study_user_attrs(study._study_id).get("confirmations") or {}
+    fresh = study.user_attrs.get("confirmations") or {}  # read from the storage, not a cache
     merged = dict(fresh) if isinstance(fresh, dict) else {}
     merged[str(conf.trial)] = conf.to_attr()
     study.set_user_attr("confirmations", merged)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -26,6 +26,9 @@ from objective.config import NoiseCfg, TrialConfig
 from quant.noise_plan import PLAN_ATTR, NoisePlan
 from sweep.errors import UserError
 from sweep.study import BuiltinObjective, CommandObjective, SeedConfig, StudySpec
+
+if TYPE_CHECKING:
+    from quant.srdd import SrddProfile
 
 PARAM_NAMES = ("sigma_start", "sigma_ratio", "num_stages", "zones", "alpha", "site")
 
@@ -72,7 +75,7 @@ def _number(value: Any, where: str) -> float:
 class SearchSpace:
     """A study's search space over one SRDD profile (see the module docstring)."""
 
-    def __init__(self, spec: StudySpec, profile: Any) -> None:
+    def __init__(self, spec: StudySpec, profile: SrddProfile) -> None:
         self.spec = spec
         self.profile = profile
         self.errors: list[float] = list(profile.errors())
@@ -96,7 +99,7 @@ class SearchSpace:
         self._seeds = self._fit_seeds(spec.seed_config_list())
 
     @classmethod
-    def from_spec(cls, spec: StudySpec, profile: Any | None = None) -> SearchSpace:
+    def from_spec(cls, spec: StudySpec, profile: SrddProfile | None = None) -> SearchSpace:
         """Build the space from a validated spec and its profile (default: the spec's own)."""
         return cls(spec, profile if profile is not None else spec.srdd_profile)
 

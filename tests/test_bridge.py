@@ -1,6 +1,6 @@
 """The OptunaSearch corrections, driven directly through the Searcher API (no Ray needed).
 
-Each test names the DOMAIN.md pitfall it guards; each fails against plain OptunaSearch.
+Each test names the OptunaSearch pitfall it guards (numbered as the corrections in sweep/bridge.py); each fails against plain OptunaSearch.
 """
 
 from __future__ import annotations

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import optuna
 import pytest
+from test_study import STUDIES, tiny_profile, write_study  # noqa: F401 - fixture re-export
 
 from objective.config import TrialConfig
 from quant.srdd import load_profile
 from sweep.errors import UserError
 from sweep.prior import PriorGuidedSampler
 from sweep.space import SearchSpace
-from sweep.study import DEFAULT_SEED_NAMES, load_study
-from test_study import STUDIES, tiny_profile, write_study  # noqa: F401 - fixture re-export
+from sweep.study import DEFAULT_SEED_NAMES
+from sweep.study_loader import load_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 QWEN = STUDIES / "qwen2.5-1.5b-mxfp4-w4a4.yaml"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 from sweep.errors import UserError
@@ -34,9 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def prepare(args: argparse.Namespace) -> tuple[Any, Any, str]:
     """Validate everything before Ray starts or the study is touched: (spec, plan, url)."""
+    from sweep.preflight import preflight
     from sweep.runner import plan_from_spec
     from sweep.storage import check_reachable
-    from sweep.study import load_study, preflight, resolve_storage
+    from sweep.study_loader import load_study, resolve_storage
 
     if args.trials is not None and args.trials < 1:
         raise UserError(f"--trials must be >= 1, got {args.trials}")
