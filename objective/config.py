@@ -66,6 +66,13 @@ class AlgoCfg(_Section):
     old_logprobs: Literal["policy", "rollout"] = "policy"
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, gt=0)
+    # Memory (objective/logprobs.py, objective/ppo.py): sequences per forward/backward pass, their
+    # gradients accumulated (None = the whole mini-batch in one pass; verl's
+    # ppo_micro_batch_size_per_gpu); response tokens per LM-head chunk (at most this many rows of
+    # full-vocabulary fp32 logits exist at once); activation checkpointing of the decoder layers.
+    micro_batch_size: int | None = Field(None, ge=1)
+    logprob_chunk_tokens: int = Field(1024, ge=1)
+    gradient_checkpointing: bool = False
 
     @property
     def eps_low(self) -> float:

@@ -35,12 +35,20 @@ def policy_loss(
     eps_low: float,
     eps_high: float,
     token_mean: bool,
+    normalizer: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The clipped surrogate -min(r*A, clip(r, 1-eps_low, 1+eps_high)*A), aggregated.
 
     `advantages` is per sequence (broadcast over tokens). `token_mean=True` (DAPO) averages over
     every response token in the batch, so long answers weigh more; False (GRPO) averages tokens
     within each sequence, then sequences. No KL term (neither algorithm uses one here).
+
+    `normalizer` (gradient accumulation): the denominator of the whole mini-batch this call is a
+    slice of, i.e. its response-token count (token_mean) or sequence count (per-sequence mean).
+    The slices' losses then add up to the mini-batch's loss exactly, so micro-batching leaves the
+    gradient unchanged. (verl's legacy FSDP actor instead scales each micro-batch's own token mean
+    by 1/gradient_accumulation, a mean of means that depends on the micro-batch split; its newer
+    engine passes the global token count to agg_loss, which is what this does.)
     """
     adv = advantages.unsqueeze(-1).to(logp.dtype)
     ratio = torch.exp(logp - old_logp)
@@ -49,10 +57,11 @@ def policy_loss(
     per_token = -torch.minimum(unclipped, clipped)
     m = mask.to(logp.dtype)
     if token_mean:
-        loss = (per_token * m).sum() / m.sum().clamp(min=1.0)
+        denom = m.sum().clamp(min=1.0) if normalizer is None else normalizer
+        loss = (per_token * m).sum() / denom
     else:
         per_seq = (per_token * m).sum(-1) / m.sum(-1).clamp(min=1.0)
-        loss = per_seq.mean()
+        loss = per_seq.mean() if normalizer is None else per_seq.sum() / normalizer
     with torch.no_grad():
         was_clipped = ((clipped != unclipped) & (m > 0)).float().sum() / m.sum().clamp(min=1.0)
     return loss, {"clipfrac": float(was_clipped)}

@@ -22,7 +22,6 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,8 @@ import torch
 from objective import grpo
 from objective import reward as _reward
 from objective.config import TrialConfig, load_config
+from objective.logprobs import response_logprobs
+from objective.ppo import UpdateStats, ppo_update
 from objective.result import ReportFn, StopTrial, TrialResult
 from objective.rollout import NonFiniteError, Rollout, TrialTimeout, check_backend, make_rollout
 
@@ -123,6 +124,8 @@ class Trainer:
         )
         self.model = get_peft_model(base, lora)
         self.model.eval()  # dropout (if any) only inside the training forward
+        if cfg.algo.gradient_checkpointing:  # recompute each decoder layer in backward (non-reentrant: hooks re-run)
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.quant = None
         if cfg.quant.format != "none":
             from quant.model import DEFAULT_EXCLUDE, QuantScheme, quantize_model
@@ -240,33 +243,14 @@ class Trainer:
         else:
             ro = _cat_rollouts(ros, self.tokenizer)
             adv = grpo.group_advantages(torch.cat(rewards_list, 0)).flatten()
-            with self.noise.training():
-                self.model.train()
-                try:
-                    logp = self.response_logp(ro)
-                finally:
-                    self.model.eval()
-                old = ro.logp if a.old_logprobs == "rollout" else logp.detach()
-                loss, info = grpo.policy_loss(
-                    logp,
-                    old,
-                    adv,
-                    ro.response_mask,
-                    eps_low=a.eps_low,
-                    eps_high=a.eps_high,
-                    token_mean=a.name == "dapo",
-                )
-                if not torch.isfinite(loss):
-                    raise NonFiniteError(f"loss is {float(loss.detach())} at step {step}")
-                self.optim.zero_grad(set_to_none=True)
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.params, a.grad_clip)
-            self.optim.step()  # outside the noise contexts (the injector's protocol)
+            stats = self.update(ro, adv, step)
             m = ro.response_mask.float()
-            # how far the (noisy) sampler's log-probs are from the training forward's
-            gap = float(((logp.detach() - ro.logp).abs() * m).sum() / m.sum().clamp(min=1.0))
-            metrics.update({"train/loss": float(loss.detach()), "train/clipfrac": info["clipfrac"],
-                            "train/rollout_logp_gap": gap})
+            # how far the (noisy) sampler's log-probs are from the training forward's (each
+            # sequence's first forward of the step, i.e. before its own mini-batch's update)
+            gap = float(((stats.first_logp - ro.logp).abs() * m).sum() / m.sum().clamp(min=1.0))
+            metrics.update({"train/loss": sum(stats.losses) / len(stats.losses), "train/clipfrac": stats.clipfrac,
+                            "train/rollout_logp_gap": gap, "train/grad_norm": sum(stats.grad_norms) / len(stats.grad_norms),
+                            "train/updates": float(len(stats.losses))})
         t2 = time.monotonic()
         self.phase_s["train"] += t2 - t1
         metrics["time/step_s"] = t2 - t0
@@ -275,16 +259,35 @@ class Trainer:
         metrics["perf/tokens_per_s"] = n_tokens / max(t2 - t0, 1e-9)
         return metrics
 
+    def update(self, ro: Rollout, advantages: torch.Tensor, step: int) -> UpdateStats:
+        """This step's optimizer updates on the scored rollout (objective/ppo.py)."""
+        return ppo_update(
+            self.response_logp, ro, advantages, algo=self.cfg.algo, optimizer=self.optim, params=self.params,
+            step=step, training=self._training, scoring=self._scoring,
+        )
+
+    @contextlib.contextmanager
+    def _training(self) -> Iterator[None]:
+        """The training forward/backward: noise per apply_to, dropout on (if any)."""
+        with self.noise.training():
+            self.model.train()
+            try:
+                yield
+            finally:
+                self.model.eval()
+
+    @contextlib.contextmanager
+    def _scoring(self) -> Iterator[None]:
+        """The old-policy forward before the updates: same weights as training, eval mode."""
+        with self.noise.training():
+            yield
+
     def response_logp(self, ro: Rollout) -> torch.Tensor:
         """Log-probs of the sampled response tokens under the current policy at the sampling temperature."""
-        ids = torch.cat([ro.prompt_ids, ro.response_ids], 1).to(self.device)
-        mask = torch.cat([ro.prompt_mask, ro.response_mask], 1).to(self.device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        p = ro.prompt_ids.shape[1]
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, p - 1 : -1].float()
-        logp = torch.log_softmax(logits / self.cfg.algo.temperature, -1)
-        resp = ro.response_ids.to(self.device)
-        return (logp.gather(-1, resp[..., None]).squeeze(-1) * ro.response_mask.to(self.device)).cpu()
+        return response_logprobs(
+            self.model, ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro.response_mask,
+            temperature=self.cfg.algo.temperature, chunk_tokens=self.cfg.algo.logprob_chunk_tokens,
+        )
 
     def close(self) -> None:
         self.rollout.close()  # a vLLM engine frees its GPU memory for the next trial
