@@ -1,9 +1,11 @@
 """One training step's policy update: mini-batches, micro-batches, gradient accumulation.
 
 The loop follows verl's actor (verl/workers/actor/dp_actor.py, `DataParallelPPOActor.update_policy`):
-the step's sequences are split in order (verl's `data.split`, no shuffle) into mini-batches; each
-mini-batch is one optimizer step, computed as micro-batches of `micro_batch_size` sequences whose
-losses are accumulated in `.grad`; `epochs` passes over the mini-batches. Differences, on purpose:
+the step's sequences are split in order (verl's `data.split`, no shuffle) into mini-batches of
+`algo.mini_batch_size` prompts x `samples_per_prompt` responses (verl multiplies its
+ppo_mini_batch_size by rollout.n the same way); each mini-batch is one optimizer step (gradient
+clipping at `grad_clip` first), computed as micro-batches of `micro_batch_size` sequences whose
+losses are accumulated in `.grad`; `ppo_epochs` passes over the mini-batches. Differences, on purpose:
 - the micro-batch losses are normalized by the whole mini-batch's denominator (grpo.policy_loss's
   `normalizer`), so the gradient does not depend on the micro-batch size;
 - a non-finite loss raises instead of being skipped: a diverged trial is a failed trial.
@@ -31,6 +33,18 @@ if TYPE_CHECKING:
 
 LogpFn = Callable[[Rollout], torch.Tensor]
 ContextFn = Callable[[], contextlib.AbstractContextManager[object]]
+
+
+def warmup_lr(step: int, base_lr: float, warmup_steps: int) -> float:
+    """The learning rate of training step `step` (1-based), verl's constant schedule with warm-up.
+
+    verl (verl/utils/torch_functional.py, get_constant_schedule_with_warmup; the scheduler is
+    stepped after each update_actor) gives step s the factor (s - 1) / warmup while s - 1 < warmup:
+    0 at step 1, 0.9 at step 10 of 10, 1 from step 11 on.
+    """
+    if warmup_steps <= 0 or step - 1 >= warmup_steps:
+        return base_lr
+    return base_lr * (step - 1) / warmup_steps
 
 
 def slice_rollout(ro: Rollout, lo: int, hi: int) -> Rollout:
@@ -76,8 +90,6 @@ def ppo_update(
     optimizer: torch.optim.Optimizer,
     params: list[torch.nn.Parameter],
     step: int,
-    mini_batch_seqs: int | None = None,
-    epochs: int = 1,
     training: ContextFn = contextlib.nullcontext,
     scoring: ContextFn = contextlib.nullcontext,
 ) -> UpdateStats:
@@ -90,8 +102,9 @@ def ppo_update(
     compute_log_prob does).
     """
     n = len(ro.texts)
-    minis = spans(n, mini_batch_seqs)
-    on_policy = len(minis) == 1 and epochs == 1
+    per_mini = algo.mini_batch_size * algo.samples_per_prompt if algo.mini_batch_size else None
+    minis = spans(n, per_mini)
+    on_policy = len(minis) == 1 and algo.ppo_epochs == 1
     old: torch.Tensor | None = None
     if algo.old_logprobs == "rollout":
         old = ro.logp
@@ -101,7 +114,7 @@ def ppo_update(
     stats = UpdateStats(first_logp=torch.zeros_like(ro.logp))
     seen = torch.zeros(n, dtype=torch.bool)
     token_mean = algo.name == "dapo"
-    for _ in range(epochs):
+    for _ in range(algo.ppo_epochs):
         for lo, hi in minis:
             mask = ro.response_mask[lo:hi]
             normalizer = float(mask.sum().clamp(min=1)) if token_mean else float(hi - lo)
@@ -117,6 +130,7 @@ def ppo_update(
                     loss, info = grpo.policy_loss(
                         logp, base, advantages[a:b].to(dev), micro.response_mask.to(dev),
                         eps_low=algo.eps_low, eps_high=algo.eps_high, token_mean=token_mean, normalizer=normalizer,
+                        clip_ratio_c=algo.clip_ratio_c,
                     )
                     if not torch.isfinite(loss):
                         raise NonFiniteError(f"loss is {float(loss.detach())} at step {step}")

@@ -1,8 +1,11 @@
 """The built-in trainer: GRPO/DAPO with LoRA on a fake-quantized, optionally noisy model.
 
 One step: pick prompts, sample `samples_per_prompt` responses each from the quantized model with
-this step's noise (rollout), score them, compute group advantages, one clipped policy-gradient
-update of the LoRA weights (training forward: clean norms unless noise.apply_to == "both").
+this step's noise (rollout), score them (plus DAPO's overlong penalty when configured), compute
+group advantages, then the clipped policy-gradient updates of the LoRA weights like verl's actor
+(objective/ppo.py: mini-batches of `algo.mini_batch_size` prompts, `ppo_epochs`, micro-batched
+forward/backward; training forward: clean norms unless noise.apply_to == "both"), at the step's
+warm-up learning rate.
 Validation is greedy on the held-out set with the quantized model and NO noise (what the model
 would score when deployed), at the steps in `steps.val_at` (0 = before any update).
 
@@ -22,6 +25,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,7 @@ from objective import grpo
 from objective import reward as _reward
 from objective.config import TrialConfig, load_config
 from objective.logprobs import response_logprobs
-from objective.ppo import UpdateStats, ppo_update
+from objective.ppo import UpdateStats, ppo_update, warmup_lr
 from objective.result import ReportFn, StopTrial, TrialResult
 from objective.rollout import NonFiniteError, Rollout, TrialTimeout, check_backend, make_rollout
 
@@ -56,6 +60,17 @@ def load_model(cfg: TrialConfig) -> tuple[Any, Any]:
 
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
     return model, AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+@dataclass
+class Sampled:
+    """One step's kept rollouts: per rollout its rewards (groups, samples) and overlong penalties."""
+
+    rollouts: list[Rollout]
+    rewards: list[torch.Tensor]
+    overlong: list[torch.Tensor]
+    generated: int  # groups generated, dropped ones included
+    refills: int
 
 
 class _Noise:
@@ -186,36 +201,40 @@ class Trainer:
         return {val_metric_name(src): sum(v) / len(v) for src, v in scores.items()}
 
     # ---- one RL step ------------------------------------------------------------------------
-    def rollout_step(self) -> tuple[list[Rollout], list[torch.Tensor], int, int]:
+    def rollout_step(self) -> Sampled:
         """Sample groups; DAPO keeps only informative groups and refills up to max_refills times.
 
-        Returns (rollouts, rewards per rollout (groups, samples)), groups generated, refills used.
+        Groups are judged on the task score; the rewards that make the advantages add DAPO's
+        overlong penalty when algo.overlong_buffer_len > 0 (verl filters on `acc` the same way).
         """
         a = self.cfg.algo
         k = a.samples_per_prompt
         want = a.prompts_per_step
-        kept_ro: list[Rollout] = []
-        kept_r: list[torch.Tensor] = []
-        n_kept = generated = refills = 0
+        out = Sampled([], [], [], 0, 0)
+        n_kept = 0
         while True:
             need = want - n_kept
             examples = self.next_prompts(need)
             prompts = [self.task.format_prompt(ex, self.tokenizer) for ex in examples for _ in range(k)]
             ro = self._generate(prompts, a.temperature)
-            rewards = self._score(ro.texts, [ex for ex in examples for _ in range(k)]).view(need, k)
-            generated += need
+            scores = self._score(ro.texts, [ex for ex in examples for _ in range(k)]).view(need, k)
+            penalty = grpo.overlong_penalty(ro.response_mask.sum(1), max_len=self.cfg.response_len,
+                                            buffer_len=a.overlong_buffer_len, factor=a.overlong_penalty_factor)
+            rewards = scores + penalty.view(need, k).to(scores.dtype)
+            out.generated += need
             if a.name == "dapo":
-                keep = grpo.informative_groups(rewards)
+                keep = grpo.informative_groups(scores)
                 rows = keep.repeat_interleave(k)
                 ro = _select_rows(ro, rows)
-                rewards = rewards[keep]
-            kept_ro.append(ro)
-            kept_r.append(rewards)
+                rewards, penalty = rewards[keep], penalty[rows]
+            out.rollouts.append(ro)
+            out.rewards.append(rewards)
+            out.overlong.append(penalty)
             n_kept += rewards.shape[0]
-            if a.name != "dapo" or n_kept >= want or refills >= a.max_refills:
+            if a.name != "dapo" or n_kept >= want or out.refills >= a.max_refills:
                 break
-            refills += 1
-        return kept_ro, kept_r, generated, refills
+            out.refills += 1
+        return out
 
     def train_step(self, step: int, sigma: float) -> dict[str, float]:
         a = self.cfg.algo
@@ -223,7 +242,8 @@ class Trainer:
         self.noise.begin_step(step, sigma)
         with self.noise.rollout():
             self.rollout.sync()  # this step's noisy norms and current LoRA into the engine (hf: no-op)
-            ros, rewards_list, generated, refills = self.rollout_step()
+            sampled = self.rollout_step()
+        ros, rewards_list, generated, refills = sampled.rollouts, sampled.rewards, sampled.generated, sampled.refills
         t1 = time.monotonic()
         self.phase_s["rollout"] += t1 - t0
         all_rewards = torch.cat([r.flatten() for r in rewards_list]) if rewards_list else torch.zeros(0)
@@ -236,8 +256,13 @@ class Trainer:
             "train/groups_generated": float(generated),
             "train/groups_used": float(sum(r.shape[0] for r in rewards_list)),
             "train/refills": float(refills),
+            "train/lr": warmup_lr(step, a.lr, a.lr_warmup_steps),
             "noise/sigma": float(sigma),
         }
+        if a.overlong_buffer_len:
+            pen = torch.cat(sampled.overlong)
+            metrics["train/overlong_penalty_mean"] = float(pen.mean()) if pen.numel() else 0.0
+            metrics["train/overlong_frac"] = float((pen < 0).float().mean()) if pen.numel() else 0.0
         if n_seqs == 0:  # DAPO: every group uninformative even after refills; nothing to learn from
             metrics.update({"train/loss": 0.0, "train/clipfrac": 0.0})
         else:
@@ -260,7 +285,9 @@ class Trainer:
         return metrics
 
     def update(self, ro: Rollout, advantages: torch.Tensor, step: int) -> UpdateStats:
-        """This step's optimizer updates on the scored rollout (objective/ppo.py)."""
+        """This step's optimizer updates on the scored rollout (objective/ppo.py), at its warm-up lr."""
+        for group in self.optim.param_groups:
+            group["lr"] = warmup_lr(step, self.cfg.algo.lr, self.cfg.algo.lr_warmup_steps)
         return ppo_update(
             self.response_logp, ro, advantages, algo=self.cfg.algo, optimizer=self.optim, params=self.params,
             step=step, training=self._training, scoring=self._scoring,

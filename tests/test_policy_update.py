@@ -1,5 +1,7 @@
-"""Memory-bounded training step: chunked log-probs, micro-batching, checkpointing change no gradient.
+"""The policy update (objective/ppo.py, objective/logprobs.py) on a tiny LoRA model in float64.
 
+Memory: chunked log-probs, micro-batching and checkpointing change no gradient. PPO like verl:
+mini-batches, epochs, old log-probs from the policy before the step's first update.
 A random 2-layer Qwen2 with LoRA in float64 (so the comparisons can be tight), a batch with
 left-padded prompts and right-padded responses of different lengths, and a reference computed the
 plain way: one forward over the whole batch, full-vocabulary log_softmax.
@@ -14,7 +16,8 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from objective.config import AlgoCfg
 from objective.logprobs import chunked_token_logprobs, response_logprobs, trim_padding
-from objective.ppo import ppo_update
+from objective import grpo
+from objective.ppo import ppo_update, warmup_lr
 from objective.rollout import Rollout, hf_generate
 
 VOCAB = 61
@@ -95,8 +98,6 @@ def test_micro_batched_gradients_equal_the_full_batch_gradients(name: str, micro
     ro, adv = batch()
     # the reference: a plain full-batch loss with ratios against the sampler's log-probs, so the
     # clip is active on part of the tokens
-    from objective import grpo
-
     model = lora_model()
     logp = naive_logp(model, ro)
     ro.logp = (logp.detach() + 0.4 * torch.randn(logp.shape, generator=torch.Generator().manual_seed(5),
@@ -162,3 +163,81 @@ def test_prefill_asks_for_the_last_position_logits_only() -> None:
     ro = hf_generate(model, tok, ["1+2=", "33*4="], max_new_tokens=3, temperature=0.0)
     assert shapes[0] == (2, 1, len(tok))  # the prefill: one position, not the prompt's width
     assert ro.response_ids.shape[0] == 2
+
+
+# ---- PPO updates like verl -------------------------------------------------------------------
+class CountingSGD(torch.optim.SGD):
+    def __init__(self, params: list[torch.nn.Parameter], lr: float) -> None:
+        super().__init__(params, lr=lr)
+        self.steps = 0
+
+    def step(self, closure: object = None) -> None:  # type: ignore[override]
+        self.steps += 1
+        super().step()
+
+
+def spy_update(monkeypatch: pytest.MonkeyPatch, **algo: object) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int, int, torch.Tensor]:
+    """Run ppo_update on 4 prompts x 2 samples; (old, new) log-probs per loss call, optimizer
+    steps, logp_fn calls, and the policy's log-probs before any update."""
+    model = lora_model()
+    ro, adv = batch(n=8)
+    with torch.no_grad():
+        before = naive_logp(model, ro)
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real = grpo.policy_loss
+
+    def spy(logp: torch.Tensor, old: torch.Tensor, *a: object, **kw: object) -> object:
+        calls.append((old.detach().clone(), logp.detach().clone()))
+        return real(logp, old, *a, **kw)
+
+    monkeypatch.setattr(grpo, "policy_loss", spy)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = CountingSGD(params, lr=0.5)
+    cfg = AlgoCfg(**{"name": "dapo", "prompts_per_step": 4, "samples_per_prompt": 2, "temperature": TEMP, **algo})
+    n_fn = 0
+
+    def logp_fn(part: Rollout) -> torch.Tensor:
+        nonlocal n_fn
+        n_fn += 1
+        return response_logprobs(model, part.prompt_ids, part.prompt_mask, part.response_ids, part.response_mask,
+                                 temperature=TEMP)
+
+    ppo_update(logp_fn, ro, adv, algo=cfg, optimizer=opt, params=params, step=1)
+    return calls, opt.steps, n_fn, before
+
+
+def test_e13h_shape_four_updates_per_step_against_the_pre_update_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # E13h: 128 prompts, ppo_mini_batch_size 32 -> 4 optimizer steps; here 4 prompts, mini-batch 1
+    calls, steps, n_fn, before = spy_update(monkeypatch, mini_batch_size=1)
+    assert AlgoCfg(prompts_per_step=128, mini_batch_size=32).updates_per_epoch == 4
+    assert steps == 4 and len(calls) == 4
+    assert n_fn == 1 + 4  # one no-grad pass for the old log-probs (whole batch), then one per mini-batch
+    for i, (old, new) in enumerate(calls):
+        rows = slice(2 * i, 2 * i + 2)  # mini-batch i = prompt i's two samples, in order
+        torch.testing.assert_close(old, before[rows], atol=1e-12, rtol=0)  # the pre-update policy
+        moved = float((new - old).abs().max())
+        if i == 0:
+            assert moved < 1e-12  # nothing updated yet: ratio exactly 1
+        else:
+            assert moved > 1e-6  # earlier mini-batches moved the policy: the ratio and the clip act
+
+
+def test_epochs_repeat_the_mini_batches_with_the_same_old_log_probs(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls, steps, n_fn, before = spy_update(monkeypatch, mini_batch_size=2, ppo_epochs=2)
+    assert steps == 4 and n_fn == 1 + 4
+    for i, (old, _) in enumerate(calls):
+        rows = slice(4 * (i % 2), 4 * (i % 2) + 4)
+        torch.testing.assert_close(old, before[rows], atol=1e-12, rtol=0)
+
+
+def test_one_update_per_step_is_on_policy_without_an_extra_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls, steps, n_fn, _ = spy_update(monkeypatch, micro_batch_size=3)
+    assert steps == 1 and n_fn == 3 and len(calls) == 3  # 8 sequences in micro-batches of 3: no old-log-prob pass
+    assert all(torch.equal(old, new) for old, new in calls)  # verl's on_policy: old = log_prob.detach()
+
+
+def test_warmup_matches_verls_constant_schedule_with_warmup() -> None:
+    # verl: lr_lambda(k) = k / warmup while k < warmup, k = scheduler steps taken = training step - 1
+    assert [warmup_lr(s, 1.0, 10) for s in range(1, 13)] == pytest.approx(
+        [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.0])
+    assert warmup_lr(1, 2e-3, 0) == 2e-3
