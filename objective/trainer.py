@@ -363,8 +363,15 @@ def _cat_rollouts(ros: list[Rollout], tokenizer: Any) -> Rollout:
 def sigma_schedule(cfg: TrialConfig) -> list[float]:
     """sigma for each update 1..total, from the run's real step count (0 when noise is off).
 
-    Update s uses quant.noise.sigma_at(s - 1, total): interval 0 (noise-free) covers the first
-    total/num_stages updates and the last interval is reached before the run ends.
+    Step convention (decided): training step s (1-based) uses quant.noise.sigma_at(s - 1, total),
+    the schedule at the number of updates completed before its rollout, i.e. at the version of
+    the policy that samples. This is what the team's fork does (recipe/dapo/dapo_ray_trainer.py
+    calls update_noise_injection_step(current_step=global_steps) after step s's actor update, for
+    the next rollout; step 1 sees current_step 0), so a config exported to the fork gets the
+    schedule this trainer tuned. QeRL's TRL trainer (replacement/trainer.py) increments
+    update_step to s before step s's rollout, i.e. sigma_at(s): every stage edge one step
+    earlier, one noise-free step instead of total/num_stages. Here interval 0 (noise-free) covers
+    the first total/num_stages updates and the last interval is reached before the run ends.
     """
     n = cfg.noise
     if not n.enabled:
