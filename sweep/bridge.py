@@ -265,6 +265,7 @@ class NoisesweepSearch(OptunaSearch):
         self._last: dict[str, dict[str, Any]] = {}
         self._running: set[str] = set()
         self._plans: dict[str, dict[str, Any]] = {}  # trial_id -> the NoisePlan dict `space` returned
+        self.unprunable: set[str] = set()  # the racing incumbent's replicates: no scheduler may cut them
         self._rdb = optuna_private.rdb_of(storage)
         self._study_sid = optuna_private.study_id(self.study)
         self._storage_ids: dict[int, int] = {}  # trial number -> storage trial id
@@ -326,6 +327,8 @@ class NoisesweepSearch(OptunaSearch):
             config = super().suggest(trial_id)
             ot_trial = self._ot_trials[trial_id]
             seed = self._seed_for(ot_trial)
+            if ot_trial.user_attrs.get(racing.RACING_ATTR) == "incumbent":
+                self.unprunable.add(trial_id)
             ot_trial.set_user_attr("seed", seed)  # owner + first beat: _suggest_from_define_by_run_func
             plan = config.get(PLAN_ATTR)
             if plan is not None:  # recorded at launch, so a RUNNING trial already shows its noise
