@@ -223,9 +223,10 @@ class ResourcesSpec(StrictModel):
 
 
 class SamplerSpec(StrictModel):
-    """prior = TPE with piBO-style prior sampling (sweep.prior); tpe; random."""
+    """prior = TPE with piBO-style prior sampling (sweep.prior); gp-prior = the same prior over
+    Optuna's noise-aware GP; tpe; gp; random."""
 
-    kind: Literal["prior", "tpe", "random"] = "prior"
+    kind: Literal["prior", "gp-prior", "tpe", "gp", "random"] = "prior"
     seed: int | None = 0
     prior_weight: float = Field(4.0, ge=0)
     prior_scale: float = Field(0.15, gt=0, le=1)

@@ -230,3 +230,25 @@ def test_a_bad_prior_center_names_its_key(tmp_path: Path, tiny_profile: Path, ov
     with pytest.raises(UserError, match=message) as err:
         load_study(write_study(tmp_path, tiny_profile), [override])
     assert "\n" not in str(err.value) and str(err.value).startswith(str(tmp_path))
+
+
+def test_gp_samplers_are_noise_aware_and_keep_the_prior(qwen_space: SearchSpace) -> None:
+    """gp / gp-prior: Optuna's GPSampler with a learned noise variance; gp-prior wraps it in the
+    same decaying SRDD prior as `prior` does TPE. Both must run on the real space (categorical
+    zones, log sigmas, int stages) and propose in-range configs."""
+    from sweep.prior import PriorGuidedSampler
+
+    spec = qwen_space.spec
+    for kind in ("gp", "gp-prior"):
+        space = SearchSpace.from_spec(spec.model_copy(update={"sampler": spec.sampler.model_copy(update={"kind": kind})}),
+                                      qwen_space.profile)
+        sampler = space.make_sampler(0)
+        gp = sampler.base if isinstance(sampler, PriorGuidedSampler) else sampler
+        assert isinstance(gp, optuna.samplers.GPSampler) and gp._deterministic is False
+        assert isinstance(sampler, PriorGuidedSampler) == (kind == "gp-prior")
+        study = _study(space, sampler)
+        for i in range(8):
+            trial = study.ask()
+            space.define(trial)
+            study.tell(trial, 0.5 + 0.01 * math.log(trial.params["sigma_start"]) + 0.001 * i)
+        assert all(space.distributions["sigma_start"]._contains(t.params["sigma_start"]) for t in study.trials)
