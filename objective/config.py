@@ -183,6 +183,9 @@ class NoiseCfg(_Section):
 class RolloutCfg(_Section):
     backend: Literal["hf", "vllm"] = "hf"
     val_batch_size: int = Field(512, ge=1)
+    # vllm: the share of GPU memory the colocated engine takes (weights + KV cache); the rest is
+    # the training step's (objective/rollout/vllm_backend.py)
+    gpu_memory_utilization: float = Field(0.4, gt=0, lt=1)
 
 
 class TrialConfig(_Section):

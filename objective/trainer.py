@@ -15,7 +15,10 @@ policy's merged, quantized weights and this step's noisy norms at each `rollout.
 step inside the noise context, once per validation outside it).
 
 Failures are results: StopTrial from `report` -> "pruned"; a non-finite loss/logits, a timeout,
-an exception in training or in `report` -> "failed" with a one-line reason.
+running out of GPU memory ("out of GPU memory ..."), an exception in training or in `report` ->
+"failed" with a one-line reason. Whatever the end, the trial's device memory is handed back
+before run_trial returns (objective/device_memory.py): the sweep runs the next trial in the same
+worker process.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import torch
 from objective import grpo
 from objective import reward as _reward
 from objective.config import TrialConfig, load_config
+from objective.device_memory import free_device_memory, is_out_of_memory
 from objective.logprobs import response_logprobs
 from objective.ppo import UpdateStats, ppo_update, warmup_lr
 from objective.result import ReportFn, StopTrial, TrialResult
@@ -400,11 +404,25 @@ def run_trial(config: TrialConfig | dict[str, Any] | None, report: ReportFn | No
     t_start = time.monotonic()
     cfg = load_config(config)
     with _threads(cfg.threads):
-        trainer = Trainer(cfg, start=t_start)  # user-input errors propagate from here
+        trainer: Trainer | None = None
+        oom = None
+        try:
+            trainer = Trainer(cfg, start=t_start)  # user-input errors propagate from here
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            oom = f"out of GPU memory while loading: {_one_line(exc)}"
+        if trainer is None:  # the exception (and the frames holding what was loaded) is gone here
+            free_device_memory()
+            return TrialResult(status="failed", reason=oom, wall_time_s=time.monotonic() - t_start)
         try:
             return _run(trainer, cfg, report, t_start)
         finally:
+            # a reused worker runs the next trial in this process: engine first, then every
+            # reference to this trial's tensors, then the allocator's cache (device_memory.py)
             trainer.close()
+            del trainer
+            free_device_memory()
 
 
 def _run(trainer: Trainer, cfg: TrialConfig, report: ReportFn | None, t_start: float) -> TrialResult:
@@ -465,6 +483,8 @@ def _run(trainer: Trainer, cfg: TrialConfig, report: ReportFn | None, t_start: f
     except NonFiniteError as exc:
         return result("failed", f"non-finite values at step {step}: {exc}")
     except Exception as exc:  # a crash inside training is the trial's failure, not the sweep's
+        if is_out_of_memory(exc):
+            return result("failed", f"out of GPU memory at step {step}: {_one_line(exc)}")
         return result("failed", f"exception at step {step}: {_one_line(exc)}")
     if state["value"] is not None and not math.isfinite(state["value"]):
         return result("failed", f"non-finite validation value at step {state['step']}")
