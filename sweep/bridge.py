@@ -39,6 +39,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from quant.noise_plan import PLAN_ATTR
+from sweep import racing
 from sweep.budget import DRIVER_DIED, Budget, ledger_of, trial_cost_hours
 
 # Keys the trainable puts in every Tune result (namespaced so they never clash with metrics).
@@ -247,6 +248,7 @@ class NoisesweepSearch(OptunaSearch):
         progress: Any = None,
         heartbeat_interval: float | None = None,
         grace_period: float | None = None,
+        racing_policy: racing.RacingPolicy | None = None,
     ) -> None:
         if not isinstance(storage, optuna.storages.BaseStorage):
             raise TypeError("NoisesweepSearch needs an optuna storage object, not a URL")
@@ -269,6 +271,7 @@ class NoisesweepSearch(OptunaSearch):
         self.cpus_per_trial = cpus_per_trial
         self.gpus_per_trial = gpus_per_trial
         self._trial_seed = trial_seed
+        self.racing = racing_policy
         self.scheduler_name = scheduler_name
         self.progress = progress
         self.driver = driver_identity()
@@ -330,9 +333,11 @@ class NoisesweepSearch(OptunaSearch):
                 if refusal is not None:
                     self.stop_reason = refusal
                     return Searcher.FINISHED
+            if self.racing is not None:
+                self._enqueue_replicate()
             config = super().suggest(trial_id)
             ot_trial = self._ot_trials[trial_id]
-            seed = self._trial_seed(ot_trial.number) if callable(self._trial_seed) else int(self._trial_seed)
+            seed = self._seed_for(ot_trial)
             ot_trial.set_user_attr("seed", seed)  # owner + first beat: _suggest_from_define_by_run_func
             plan = config.get(PLAN_ATTR)
             if plan is not None:  # recorded at launch, so a RUNNING trial already shows its noise
@@ -344,6 +349,28 @@ class NoisesweepSearch(OptunaSearch):
         if self.progress is not None:
             self.progress.started(ot_trial.number, dict(ot_trial.params))
         return {**config, SEED_KEY: seed}
+
+    def _seed_for(self, ot_trial: optuna.trial.Trial) -> int:
+        """An enqueued replicate's own seed; with racing every new config's first tuning seed
+        (common random numbers across configs); else the study's trial_seed."""
+        seed = ot_trial.user_attrs.get(racing.SEED_ATTR)
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            return seed
+        if self.racing is not None:
+            return self.racing.first_seed
+        return self._trial_seed(ot_trial.number) if callable(self._trial_seed) else int(self._trial_seed)
+
+    def _enqueue_replicate(self) -> None:
+        """Queue the evaluation the race asks for (sweep.racing); the ask that follows takes it."""
+        rep = racing.next_replicate(self.study.get_trials(deepcopy=False), self.racing, direction=self.direction)
+        if rep is None:
+            return
+        self.study.enqueue_trial(
+            rep.params,
+            user_attrs={racing.SEED_ATTR: rep.seed, racing.REPLICATE_ATTR: rep.replicate_of, racing.RACING_ATTR: rep.reason},
+        )
+        if self.progress is not None:
+            self.progress.note(f"racing: config of trial {rep.replicate_of} gets seed {rep.seed} ({rep.reason})")
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:

@@ -26,8 +26,10 @@ from typing import Any
 import optuna
 import sqlalchemy
 
+from sweep.best import best_result
+from sweep.best_text import ci_text
 from sweep.errors import UserError
-from sweep.export import StudyRecord, _attach_spec, best_result, ci_text
+from sweep.record import StudyRecord, attach_spec
 from sweep.secrets import mask_url
 
 PROFILE_JSON = "srdd_profile.json"
@@ -171,7 +173,7 @@ def prepare(storage: Any, url: str, artifact_dir: str | Path) -> tuple[list[str]
         if "noisesweep_spec" not in attrs and "srdd_profile" not in attrs:
             continue
         record = StudyRecord(study=study, storage_url=url)
-        _attach_spec(record, None)
+        attach_spec(record, None)
         text = note_text(record)
         note_state = "note kept"
         if _current_note(study) != text:
@@ -193,14 +195,13 @@ def serve(url: str, *, host: str, port: int, artifact_dir: str | Path | None = N
 
     from optuna_dashboard import run_server
 
+    from sweep.record import require_sqlite_file
     from sweep.storage import open_storage
-
-    from sweep.export import _require_sqlite_file
 
     stream = stream if stream is not None else sys.stderr
     if not 0 < port < 65536:  # checked before the notes and artifacts are written
         raise UserError(f"--port: must be 1-65535 (got {port})")
-    _require_sqlite_file(url)  # a mistyped path must not leave an empty database behind
+    require_sqlite_file(url)  # a mistyped path must not leave an empty database behind
     storage = open_storage(url)
     art_dir = Path(artifact_dir) if artifact_dir else default_artifact_dir(url)
     lines, store = prepare(storage, url, art_dir)

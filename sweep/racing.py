@@ -104,8 +104,10 @@ def group_configs(trials: Iterable[FrozenTrial], *, direction: str = "maximize")
     """The study's evaluations grouped by config; values negated for `minimize` (bigger = better)."""
     sign = 1.0 if direction == "maximize" else -1.0
     out: dict[str, ConfigRecord] = {}
+    waiting: list[FrozenTrial] = []
     for t in sorted(trials, key=lambda t: t.number):
         if not t.params and t.state == TrialState.WAITING:
+            waiting.append(t)  # enqueued: Optuna fills params only when the trial is asked
             continue
         key = config_key(t.params)
         rec = out.get(key)
@@ -119,6 +121,11 @@ def group_configs(trials: Iterable[FrozenTrial], *, direction: str = "maximize")
         else:
             rec.lost.add(seed)
             rec.pruned = rec.pruned or t.state == TrialState.PRUNED
+    by_first = {rec.first_number: rec for rec in out.values()}
+    for t in waiting:  # an enqueued replicate names its config by the first trial's number
+        rec = by_first.get(t.user_attrs.get(REPLICATE_ATTR, -1))
+        if rec is not None:
+            rec.pending.add(trial_seed_of(t))
     return out
 
 

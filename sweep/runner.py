@@ -28,6 +28,7 @@ from objective.result import StopTrial, TrialResult
 from quant.noise_plan import PLAN_ATTR, NoisePlan
 from sweep import bridge
 from sweep.budget import Budget, ledger_of
+from sweep.racing import RacingPolicy
 from sweep.progress import Progress, ProgressCallback
 from sweep.errors import UserError
 from sweep.secrets import mask_url
@@ -78,6 +79,7 @@ class SweepPlan:
     max_concurrent: int = 1
     sampler: optuna.samplers.BaseSampler | None = None
     trial_seed: int = 0
+    racing: RacingPolicy | None = None  # None: one seed per config (plain Optuna)
     study_attrs: dict[str, Any] = field(default_factory=dict)
     set_torch_threads: bool = True
 
@@ -337,6 +339,7 @@ def run_sweep(
         progress=progress,
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
+        racing_policy=plan.racing,
     )
     out_dir = Path(results_dir) if results_dir else default_results_dir(plan.study_name)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -482,6 +485,7 @@ def plan_from_spec(spec: Any, *, objective_fn: ObjectiveFn | None = None) -> Swe
         max_concurrent=spec.resources.max_concurrent,
         sampler=space.make_sampler(spec.sampler.seed),
         trial_seed=spec.trial_seed,
+        racing=spec.racing.policy(first_seed=spec.trial_seed),
         study_attrs=attrs,
         set_torch_threads=is_builtin,
     )

@@ -291,6 +291,27 @@ class SamplerSpec(_Model):
     n_startup_trials: int = Field(5, ge=0)
 
 
+class RacingSpec(_Model):
+    """Racing (sweep.racing): more seeds for the incumbent and for challengers still competitive."""
+
+    enabled: bool = True
+    max_seeds: int = Field(5, ge=1)  # tuning seeds per config at most (trial_seed, trial_seed + 1, ...)
+    incumbent_every: int = Field(3, ge=1)  # the incumbent's k-th seed waits for k x this many configs
+    z: float = Field(1.0, ge=0)  # a challenger stays while within z standard errors on shared seeds
+    noise_sd: float = Field(0.03, gt=0)  # one seed's sd until the study has replicates to measure it
+
+    def policy(self, *, first_seed: int) -> Any:
+        """The RacingPolicy of this section, None when racing is off."""
+        if not self.enabled:
+            return None
+        from sweep.racing import RacingPolicy
+
+        return RacingPolicy(
+            max_seeds=self.max_seeds, first_seed=first_seed, incumbent_every=self.incumbent_every,
+            z=self.z, default_noise_sd=self.noise_sd,
+        )
+
+
 class ConfirmSpec(_Model):
     top: int = Field(3, ge=1)
     seeds: int = Field(3, ge=1)
@@ -343,7 +364,8 @@ class StudySpec(_Model):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     confirm: ConfirmSpec = Field(default_factory=ConfirmSpec)
-    trial_seed: int = 0
+    racing: RacingSpec = Field(default_factory=RacingSpec)
+    trial_seed: int = Field(0, ge=0)
 
     _source: Path | None = PrivateAttr(default=None)
     _profile: Any = PrivateAttr(default=None)

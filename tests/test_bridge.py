@@ -313,3 +313,26 @@ def test_close_requeues_own_unfinished_trials_and_periodic_check_spares_them(sto
     assert cut.state == TrialState.FAIL and cut.user_attrs["fail_reason"] == "driver died"
     waiting = s.study.get_trials(states=(TrialState.WAITING,))
     assert params in [t.system_attrs["fixed_params"] for t in waiting]
+
+
+def test_racing_launches_replicates_through_the_searcher_with_their_own_seeds(storage):
+    """With a RacingPolicy the searcher itself queues replicates: the incumbent's second seed once
+    three configs ran, each a new trial (never an overwrite), on the tuning pool's next seed."""
+    from sweep.racing import RacingPolicy
+
+    s = make(storage, trial_seed=7, racing_policy=RacingPolicy(max_seeds=3, first_seed=7, incumbent_every=3))
+    values = {"t1": 0.5, "t2": 0.9, "t3": 0.4}
+    for tid, v in values.items():
+        config = s.suggest(tid)
+        assert config[bridge.SEED_KEY] == 7  # every new config: the first tuning seed (common random numbers)
+        s.on_trial_complete(tid, final(v))
+    best = max(s.study.get_trials(), key=lambda t: t.value)
+    config = s.suggest("t4")
+    t4 = s.study.get_trials()[-1]
+    assert config[bridge.SEED_KEY] == 8 and t4.user_attrs["seed"] == 8
+    assert t4.params == best.params and t4.user_attrs["replicate_of"] == best.number
+    assert t4.user_attrs["racing"] == "incumbent"
+    s.on_trial_complete("t4", final(0.88))
+    trials = s.study.get_trials()
+    assert len(trials) == 4 and [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert sorted(t.value for t in trials if t.params == best.params) == [0.88, 0.9]

@@ -111,7 +111,7 @@ def make_study(
 
 
 def conf_entry(values: list[float], params: dict[str, Any]) -> dict[str, Any]:
-    from sweep.confirm import mean_ci
+    from sweep.stats import mean_ci
 
     m, lo, hi = mean_ci(values)
     return {"values": values, "seeds": list(range(1000, 1000 + len(values))), "mean": m, "ci_low": lo, "ci_high": hi, "params": params}
@@ -134,7 +134,7 @@ def test_best_prefers_the_best_confirmed_mean(tmp_path, capsys):
     _, study_file, _ = make_study(tmp_path, confirmations=confs)
     assert main(["best", str(study_file)]) == 0  # STUDY as a file: name and storage from it
     out = capsys.readouterr().out
-    assert "trial 1 (E13i-targeted), chosen by confirmed mean" in out
+    assert "trial 1 (E13i-targeted), chosen by confirmed" in out
     assert "0.5800 [95% CI" in out and "0.6000 (single sweep run" in out
     assert " 3 high    1.000" in out  # multipliers per layer with zone names
 
@@ -273,7 +273,9 @@ def test_hydra_export_of_a_command_study_uses_its_own_keys(tmp_path, capsys):
     """A command study's param_map/multipliers_key are the keys its trials got: the export keeps them."""
     import shlex
 
-    from sweep.export import hydra_overrides, best_result, open_record
+    from sweep.best import best_result
+    from sweep.export import hydra_overrides
+    from sweep.record import open_record
 
     url, _, _ = make_study(tmp_path)
     record = open_record(STUDY, url)
@@ -309,7 +311,7 @@ def test_help_renders(command, capsys):
 
 def test_write_text_atomic_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     """A crash mid-write must not leave a truncated export behind (nor a temp file)."""
-    from sweep.export import write_atomic, write_text_atomic
+    from sweep.atomic import write_atomic, write_text_atomic
 
     target = tmp_path / "best.yaml"
     write_text_atomic(target, "old: 1\n")
@@ -345,3 +347,39 @@ def test_an_empty_sqlite_file_is_reported_not_filled_with_tables(tmp_path, capsy
     err = capsys.readouterr().err
     assert "holds no Optuna studies" in err and err.count("\n") == 1
     assert empty.stat().st_size == 0
+
+
+def test_best_takes_the_replicated_incumbent_over_a_lucky_single_run(tmp_path, capsys):
+    """Three seeds of one config (mean 0.58) beat one lucky run at 0.62: chosen by replicates, with a CI."""
+    targeted = PLANTED[1][1]
+    planted = [
+        PLANTED[2],  # E13i-high: one run, 0.62
+        ("E13i-targeted", targeted, TrialState.COMPLETE, 0.60, [0.60]),
+        (None, targeted, TrialState.COMPLETE, 0.55, [0.55]),
+        (None, targeted, TrialState.COMPLETE, 0.59, [0.59]),
+        (None, targeted, TrialState.PRUNED, None, [0.10]),  # a pruned replicate never counts
+    ]
+    url, _, _ = make_study(tmp_path, planted=planted)
+    assert main(["best", STUDY, "--storage", url, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["chosen_by"] == "replicates" and out["trial"] == 1
+    assert out["n_seeds"] == 3 and out["replicates"] == {"1": 0.60, "2": 0.55, "3": 0.59}
+    assert out["score"] == pytest.approx(0.58) and out["search_score"] == pytest.approx(0.58)
+    lo, hi = out["ci95"]
+    assert lo < 0.58 < hi and hi - lo > 0.05  # sd 0.026 over 3 seeds: a wide interval, honestly shown
+    assert out["confirmed_score"] is None and out["search_confirmed_gap"] is None
+
+
+def test_best_json_gap_is_search_minus_confirmed(tmp_path, capsys):
+    targeted = PLANTED[1][1]
+    planted = [
+        ("E13i-targeted", targeted, TrialState.COMPLETE, 0.60, [0.60]),
+        (None, targeted, TrialState.COMPLETE, 0.56, [0.56]),
+    ]
+    url, _, _ = make_study(tmp_path, planted=planted, confirmations={"0": conf_entry([0.50, 0.54, 0.52], targeted)})
+    assert main(["best", STUDY, "--storage", url, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["chosen_by"] == "confirmed" and out["n_seeds"] == 3
+    assert out["search_score"] == pytest.approx(0.58) and out["confirmed_score"] == pytest.approx(0.52)
+    assert out["search_confirmed_gap"] == pytest.approx(0.06)
+    assert out["ci95"][0] < 0.52 < out["ci95"][1]

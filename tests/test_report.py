@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 from test_export import PLANTED, STUDY, conf_entry, make_study
 
 from sweep.cli import main
-from sweep.export import open_record
+from sweep.record import open_record
 from sweep.hypotheses import INCONCLUSIVE, Hypothesis, Side, analyze, decide
 from sweep.report import PLOTS
 
@@ -37,7 +37,7 @@ def test_report_writes_all_plots_and_answers_the_hypotheses(tmp_path, capsys):
         assert f"]({name})" in md
     assert "| COMPLETE | 6 |" in md and "| PRUNED | 1 |" in md and "| FAIL | 1 |" in md
     assert "Budget ledger: 7 counted trials" in md
-    assert "Trial 1 (E13i-targeted), chosen by confirmed mean" in md
+    assert "Trial 1 (E13i-targeted), chosen by confirmed" in md
     v = _verdicts(md)
     # targeted (confirmed 0.58, noise sd 0.01) vs global (best 0.45): far outside the noise
     assert v["H1"] == "targeted better"

@@ -109,9 +109,15 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sweep.export import _jsonable
     from sweep.overrides import load_yaml_file
-    from sweep.study import BuiltinObjective, build_study, is_trainer_config, parse_trainer_config, task_metric
+    from sweep.strict_json import jsonable
+    from sweep.study import (
+        BuiltinObjective,
+        build_study,
+        is_trainer_config,
+        parse_trainer_config,
+        task_metric,
+    )
 
     source = str(args.study)
     data = load_yaml_file(source)
@@ -165,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         applied=result.applied,
         history=result.history,
     )
-    print(json.dumps(_jsonable(out), indent=1))
+    print(json.dumps(jsonable(out), indent=1))
     line = f"noisesweep trial: {result.status}"
     if result.value is not None:
         line += f", {metric}={result.value:.4f} at step {result.step}"
