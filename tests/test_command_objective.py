@@ -527,3 +527,60 @@ def test_application_sigterm_handler_is_left_in_place() -> None:
         capture_output=True, text=True, timeout=60,
     )
     assert default.stdout.split() == ["complete", "False"]  # default action: our handler went in
+
+
+# --------------------------------------------------------------------------- the shipped verl study
+
+REPO = TESTS.parent
+STUDY = REPO / "studies" / "verl-command-mxfp4-w4a4.yaml"
+PARAMS = '{"sigma_start": 0.05, "sigma_ratio": 0.01, "num_stages": 10, "zones": "all", "alpha": 1.0}'
+
+
+def _verl_study_on_the_stand_in(tmp_path: Path) -> Path:
+    """The shipped study and trial script, in a checkout whose recipe.dapo.main_dapo is the stand-in."""
+    import yaml
+
+    checkout = tmp_path / "verl"
+    (checkout / "recipe" / "dapo").mkdir(parents=True)
+    (checkout / "recipe" / "dapo" / "main_dapo.py").write_text(
+        f"import runpy, sys\nsys.argv[0] = {str(FAKE)!r}\nrunpy.run_path({str(FAKE)!r}, run_name='__main__')\n")
+    (tmp_path / "priors").mkdir()
+    prior = REPO / "studies" / "priors" / "qwen2.5-1.5b-mxfp4.json"
+    (tmp_path / "priors" / prior.name).write_bytes(prior.read_bytes())
+    data = yaml.safe_load(STUDY.read_text())
+    data["objective"]["command"].update(command=["bash", str(REPO / "studies" / "verl" / "e13-trial.sh")],
+                                        cwd=str(checkout))
+    study = tmp_path / "verl.yaml"
+    study.write_text(yaml.safe_dump(data))
+    return study
+
+
+@pytest.mark.parametrize("patched", [True, False])
+def test_noisesweep_trial_of_the_verl_study(tmp_path: Path, capsys: pytest.CaptureFixture[str], patched: bool) -> None:
+    """e13-trial.sh runs main_dapo in the foreground with E13h's flags and forwards the trial's overrides;
+    on the patched stand-in the per-layer multipliers are verified, on the fork as it is the trial fails."""
+    from sweep.cli import main
+
+    argv_file = tmp_path / "argv.json"
+    sets = ["--set", "+fake.step_sleep=0", "--set", f"+fake.argv_file={argv_file}"]
+    if patched:
+        sets += ["--set", "+fake.patched=true"]
+    code = main(["trial", str(_verl_study_on_the_stand_in(tmp_path)), "--params", PARAMS, *sets])
+    result = json.loads(capsys.readouterr().out)
+    got = fake_verl.parse_overrides(json.loads(argv_file.read_text()))
+    for key, value in {"actor_rollout_ref.model.lora_rank": 32, "actor_rollout_ref.model.lora_alpha": 16,
+                       "actor_rollout_ref.actor.optim.lr": 1e-5, "trainer.test_freq": 5, "trainer.total_training_steps": 20,
+                       "trainer.total_epochs": 1, "trainer.logger": ["console"], "reward_model.reward_manager": "dapo",
+                       "trainer.hw_error_injection.error_type": "mxfp4", "data.seed": 42}.items():
+        assert got[key] == value, key
+    assert "base_layer" in got["trainer.hw_error_injection.exclude_modules"]  # the 182-hook exclusions
+    assert got["trainer.default_local_dir"].endswith("/checkpoints") and "noisesweep-e13-trial" not in got["trainer.default_local_dir"]
+    assert len(got[f"{LSC}.layer_multipliers"]) == 28
+    if patched:
+        assert code == 0 and result["status"] == "complete", result["reason"]
+        assert result["step"] == 20 and result["applied"]["verified"] is True and result["applied"]["srdd_guided"] is True
+        assert result["applied"]["modules_noised"] == 56 and result["applied"]["schedule_total_steps"] == 29
+    else:
+        assert code == 1 and result["status"] == "failed"
+        assert result["reason"] == "per-layer multipliers requested but the trainer applied uniform noise"
+        assert result["applied"]["verified"] is False and result["step"] is None

@@ -36,7 +36,7 @@ _SIGMA_ABS_TOL = 6e-7
 _SIGMA_REL_TOL = 1e-6
 
 
-def _layers_text(layers: list[int]) -> str:
+def layers_text(layers: list[int]) -> str:
     """'10-19' / '0, 3, 5-7': the noised layers, short."""
     runs: list[str] = []
     start = prev = None
@@ -91,7 +91,7 @@ class AppliedNoiseCheck:
 
     def _zones_text(self) -> str:
         layers = noised_layers(self.plan)
-        return "all layers" if layers is None else f"layers {_layers_text(layers)}"
+        return "all layers" if layers is None else f"layers {layers_text(layers)}"
 
     # ------------------------------------------------------------------ feeding
     def feed(self, line: str) -> str | None:
