@@ -460,6 +460,8 @@ class NoisesweepSearch(OptunaSearch):
             attrs["sigma_end"] = sigma_end
         if applied:
             attrs["applied"] = applied
+            if "verified" in applied:  # a flat attr: a column the dashboard's trial table can sort and filter
+                attrs["applied_verified"] = bool(applied["verified"])
 
         if result.get(FINAL_KEY):
             status = result.get(STATUS_KEY)

@@ -104,9 +104,8 @@ def test_shipped_qwen_study_matches_the_seeds() -> None:
 def test_shipped_verl_command_study_maps_the_fork_keys() -> None:
     spec = load_study(STUDIES / "verl-command-mxfp4-w4a4.yaml")
     cmd = spec.objective.command
-    assert cmd.param_map["sigma_start"] == "trainer.noise_injection.sigma_start"
-    assert cmd.multipliers_key == "++trainer.noise_injection.layer_multipliers"
-    assert "++trainer.noise_injection.use_variable_sigma=true" in cmd.extra_overrides
+    assert cmd.noise_keys == "verl-fork-patched" and cmd.verify_mode == "strict"
+    assert cmd.command[-1].endswith("studies/verl/e13-trial.sh") and cmd.param_map["seed"][0] == "data.seed"
     assert spec.rungs() == [5, 10, 15]
 
 

@@ -12,21 +12,23 @@ One module a job:
 from objective.command.process_group import group_alive, kill_all_groups, kill_group
 from objective.command.spec import DEFAULT_METRIC, WORKDIR_PLACEHOLDER, CommandSpec, JsonlSource, build_overrides, command_argv
 from objective.command.trial import run_command_trial
-from objective.command.verl_fork import FORK_MULTIPLIERS_KEY, FORK_PARAM_MAP, hydra_value, multipliers_dict
+from objective.command.verl_fork import FORK_PARAM_MAP, NOISE_KEYS, fork_overrides, hydra_value, multipliers_dict, noise_block
 
 __all__ = [
     "DEFAULT_METRIC",
-    "FORK_MULTIPLIERS_KEY",
     "FORK_PARAM_MAP",
+    "NOISE_KEYS",
     "WORKDIR_PLACEHOLDER",
     "CommandSpec",
     "JsonlSource",
     "build_overrides",
     "command_argv",
+    "fork_overrides",
     "group_alive",
     "hydra_value",
     "kill_all_groups",
     "kill_group",
     "multipliers_dict",
+    "noise_block",
     "run_command_trial",
 ]

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from objective.command.verl_fork import hydra_value, multipliers_dict
+from objective.command.verl_fork import NoiseKeys, fork_keys, fork_overrides, hydra_value, multipliers_dict, plan_from_values
 
 DEFAULT_METRIC = "val-core/openai/gsm8k/acc/mean@1"
 WORKDIR_PLACEHOLDER = "{workdir}"
@@ -34,8 +34,16 @@ class JsonlSource(BaseModel):
 class CommandSpec(BaseModel):
     """How to run the user's trainer for one trial; see the module docstring.
 
-    ``param_map`` maps a trial value name (``sigma_start``, ``sigma_end``, ``num_stages``,
-    ``seed``, ``alpha``, ...) to one Hydra key or a list of keys that all get the value.
+    ``noise_keys`` writes the trial's NoisePlan in the team's fork's keys
+    (`objective.command.verl_fork`): ``verl-fork`` for the fork as it is (schedule, zones,
+    site; a plan with per-layer multipliers fails before it starts), ``verl-fork-patched`` for
+    a fork with the layer_sigma_config fix of docs/verl-fork.md (multipliers too).
+    ``verify_applied`` compares what the trainer's ``[AQN]`` lines say it applied with the plan
+    (`objective.command.applied`): ``strict`` (the default with ``noise_keys``) fails a trial
+    on any contradiction or when it prints nothing; ``warn`` accepts a trainer that prints
+    nothing (``applied.verified`` is then false); ``off`` (the default without) checks nothing.
+    ``param_map`` maps any other trial value (``seed``, ``alpha``, ...; or the schedule, for a
+    trainer with other keys) to one Hydra key or a list of keys that all get the value.
     ``{workdir}`` in ``extra_overrides``, ``env`` values and the JSONL path is replaced by the
     trial's own directory. With a JSONL source, ``VERL_FILE_LOGGER_PATH`` is set to that path
     unless ``env`` sets it.
@@ -53,6 +61,15 @@ class CommandSpec(BaseModel):
     log_source: Literal["stdout"] | JsonlSource = "stdout"
     timeout_s: float | None = Field(default=None, gt=0)
     kill_grace_s: float = Field(default=10.0, ge=0)
+    noise_keys: NoiseKeys | None = None
+    verify_applied: Literal["strict", "warn", "off"] | None = None
+
+    @property
+    def verify_mode(self) -> Literal["strict", "warn", "off"]:
+        """`verify_applied`, its default resolved: strict with the fork's keys, off without."""
+        if self.verify_applied is not None:
+            return self.verify_applied
+        return "strict" if self.noise_keys else "off"
 
     @field_validator("command")
     @classmethod
@@ -93,7 +110,16 @@ class CommandSpec(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _no_duplicate_keys(self) -> "CommandSpec":
+    def _verify_needs_keys(self) -> CommandSpec:
+        if self.verify_applied in ("strict", "warn") and self.noise_keys is None:
+            raise ValueError(
+                f"verify_applied: {self.verify_applied} needs noise_keys (the check compares the [AQN] lines "
+                "with the keys the fork was given)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _no_duplicate_keys(self) -> CommandSpec:
         seen: dict[str, str] = {}
         for source, key in self._all_keys():
             bare = key.lstrip("+")
@@ -110,6 +136,8 @@ class CommandSpec(BaseModel):
                 yield f"param_map.{name}", key
         if self.multipliers_key:
             yield "multipliers_key", self.multipliers_key
+        for key in fork_keys(self.noise_keys):
+            yield f"noise_keys ({self.noise_keys})", key
 
 
 def _check_key(key: str, where: str) -> None:
@@ -118,9 +146,10 @@ def _check_key(key: str, where: str) -> None:
 
 
 def build_overrides(spec: CommandSpec, values: Mapping[str, Any], *, workdir: str | None = None) -> list[str]:
-    """The Hydra overrides for one trial: extra_overrides, then param_map values, then multipliers.
+    """The Hydra overrides for one trial: extra_overrides, param_map values, multipliers, the fork's noise keys.
 
-    Raises ValueError when a mapped value is missing from ``values`` or cannot be written.
+    Raises ValueError when a mapped value is missing from ``values`` or cannot be written, and
+    `UnreachableNoise` (a ValueError) when the fork as it is cannot apply the trial's plan.
     """
     overrides = []
     for item in spec.extra_overrides:
@@ -136,6 +165,11 @@ def build_overrides(spec: CommandSpec, values: Mapping[str, Any], *, workdir: st
             raise ValueError(f"multipliers_key is {spec.multipliers_key!r} but the trial has no 'multipliers' value")
         if values["multipliers"] is not None:  # None: uniform noise, leave the fork's default
             overrides.append(f"{spec.multipliers_key}={hydra_value(multipliers_dict(values['multipliers']))}")
+    if spec.noise_keys is not None:
+        plan = plan_from_values(values)
+        if plan is None:
+            raise ValueError(f"noise_keys: {spec.noise_keys} needs the trial's noise plan (sigma_start, sigma_end, num_stages, ...)")
+        overrides.extend(fork_overrides(plan, spec.noise_keys))
     return overrides
 
 

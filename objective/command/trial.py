@@ -9,10 +9,14 @@ Each trial:
 3. streams its output line by line (copied to a per-trial log file when one is given), parses
    verl's metric lines (`objective.verl_log`) from the console or from verl's JSONL file
    logger, and calls ``report(step, metrics)`` for every step whose metrics hold the objective;
-4. ends as a result, never as an exception of the sweep: ``complete`` (exit 0 and the metric
-   seen), ``pruned`` (report raised ``StopTrial``), ``failed`` (timeout, non-zero exit, NaN
-   metric, metric never seen, report raised something else), and always kills whatever is left
-   of the process group: SIGTERM, then SIGKILL after ``kill_grace_s``.
+4. checks every line against the trial's noise plan (`objective.command.applied`: the fork's
+   ``[AQN]`` lines), stopping the trial at the first contradiction;
+5. ends as a result, never as an exception of the sweep: ``complete`` (exit 0, the metric
+   seen, the noise verified), ``pruned`` (report raised ``StopTrial``), ``failed`` (timeout,
+   non-zero exit, NaN metric, metric never seen, report raised something else, noise not
+   applied as asked, or per-layer multipliers the fork as it is cannot apply: then nothing is
+   started), and always kills whatever is left of the process group: SIGTERM, then SIGKILL
+   after ``kill_grace_s``.
 """
 
 from __future__ import annotations
@@ -34,11 +38,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from objective.command.applied import AppliedNoiseCheck
 from objective.command.process_group import child_group, install_shutdown_hooks, kill_group
 from objective.command.spec import WORKDIR_PLACEHOLDER, CommandSpec, JsonlSource, build_overrides, command_argv
-from objective.command.verl_fork import multipliers_dict
+from objective.command.verl_fork import UnreachableNoise, multipliers_dict, plan_from_values
 from objective.result import ReportFn, StopTrial, TrialResult
 from objective.verl_log import JsonlFollower, Metrics, parse_console_line, strip_decorations
+from quant.noise_plan import NoisePlan
 
 # Lines that say why a run died: Python exceptions, and Hydra's override errors (whose last
 # line is the unhelpful "Set the environment variable HYDRA_FULL_ERROR=1 ...").
@@ -125,6 +131,15 @@ def _exit_reason(returncode: int, tail: deque[tuple[str, str]]) -> str:
     return f"exit code {returncode}: {_failure_line(tail)}"
 
 
+def _sent_multipliers(spec: CommandSpec, values: Mapping[str, Any], plan: NoisePlan | None) -> list[float] | None:
+    """The per-layer multipliers the trainer was given (None: none were sent)."""
+    if plan is not None:
+        return None if plan.multipliers is None else list(plan.multipliers)
+    if spec.multipliers_key and values.get("multipliers") is not None:
+        return list(multipliers_dict(values["multipliers"]).values())
+    return None
+
+
 def _resolve_env(spec: CommandSpec, workdir: str, jsonl_path: str | None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
@@ -172,7 +187,12 @@ def run_command_trial(
         if workdir is None:
             workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="noisesweep-trial-"))
         workdir = str(workdir)
-        overrides = build_overrides(spec, values, workdir=workdir)
+        plan = plan_from_values(values) if spec.noise_keys else None
+        try:
+            overrides = build_overrides(spec, values, workdir=workdir)
+        except UnreachableNoise as exc:  # this trial's noise, not the spec: a failed trial, nothing started
+            applied = {"noise_keys": spec.noise_keys, "verified": False, "not_applied": str(exc)}
+            return TrialResult(status="failed", reason=str(exc), applied=applied, wall_time_s=time.monotonic() - started)
         argv = command_argv(spec, overrides)
         jsonl_path = None
         follower = None
@@ -192,13 +212,13 @@ def run_command_trial(
             "command": spec.command if isinstance(spec.command, str) else shlex.join(spec.command),
             "overrides": overrides,
             "multipliers_key": spec.multipliers_key,
-            "multipliers": (
-                list(multipliers_dict(values["multipliers"]).values())
-                if spec.multipliers_key and values.get("multipliers") is not None
-                else None
-            ),
+            "multipliers": _sent_multipliers(spec, values, plan),
             "log_source": jsonl_path or "stdout",
         }
+        if spec.noise_keys:
+            applied["noise_keys"] = spec.noise_keys
+        mode = spec.verify_mode
+        checker = AppliedNoiseCheck(plan, mode=mode) if plan is not None and mode != "off" else None
         install_shutdown_hooks()
         tracker = _Tracker(spec.metric, report)
         tail: deque[tuple[str, str]] = deque(maxlen=40)
@@ -235,6 +255,10 @@ def run_command_trial(
                         tail.append((name, line))
                         if log_fh is not None:
                             log_fh.write(line + "\n")
+                        if checker is not None:
+                            not_applied = checker.feed(line)
+                            if not_applied is not None and mode == "strict":
+                                raise _Outcome("failed", not_applied)
                         if follower is None:
                             parsed = parse_console_line(line)
                             if parsed is not None:
@@ -276,6 +300,8 @@ def run_command_trial(
                 tail.append((name, line))
                 if log_fh is not None:
                     log_fh.write(line + "\n")
+                if checker is not None:
+                    checker.feed(line)
         returncode = proc.returncode
         applied["exit_code"] = returncode
 
@@ -292,6 +318,11 @@ def run_command_trial(
             reason += f"; validation keys seen: {', '.join(similar)}"
     else:
         status, reason = "complete", None
+    if checker is not None:
+        verdict, not_applied = checker.finish()
+        applied.update(verdict)
+        if status == "complete" and not_applied is not None:
+            status, reason = "failed", not_applied
     return TrialResult(
         status=status,  # type: ignore[arg-type]
         value=tracker.value,
