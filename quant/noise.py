@@ -84,9 +84,17 @@ def _projections(layer: nn.Module) -> list[nn.Module]:
     return found
 
 
+def _weight(module: nn.Module) -> torch.Tensor:
+    """A norm's weight as a Tensor (nn.Module's attribute type is Tensor | Module)."""
+    w = module.weight
+    assert isinstance(w, torch.Tensor)
+    return w
+
+
 def _out_features(module: nn.Module) -> int:
-    if isinstance(getattr(module, "out_features", None), int):
-        return module.out_features
+    out = getattr(module, "out_features", None)
+    if isinstance(out, int):
+        return out
     base = getattr(module, "base_layer", None)
     if base is not None:
         return _out_features(base)
@@ -176,7 +184,7 @@ class NoiseInjector:
             drawn_std, applied_std = self._draw(self._final, float(sigma) * self.multipliers[-1], gen)
             final = {"multiplier": self.multipliers[-1], "std": drawn_std, "std_applied": applied_std}
         self.step, self.sigma = int(step), float(sigma)
-        record = {
+        record: dict[str, Any] = {
             "step": int(step),
             "sigma": float(sigma),
             "site": self.site,
@@ -207,7 +215,7 @@ class NoiseInjector:
         drawn: list[torch.Tensor] = []
         landed: list[torch.Tensor] = []
         for module in modules:
-            shape = module.weight.shape if self.site == "rmsnorm" else (_out_features(module),)
+            shape = _weight(module).shape if self.site == "rmsnorm" else (_out_features(module),)
             # drawn on the CPU generator (same numbers on any device), then kept on the module's
             # device so switching the noise on costs no host-to-device copy per forward
             eps = torch.randn(shape, generator=gen, dtype=torch.float32)
@@ -216,8 +224,8 @@ class NoiseInjector:
                 self._noise[id(module)] = noise.to(_device_of(module))
                 drawn.append(noise.flatten())
                 if self.site == "rmsnorm":  # what survives rounding to the weight's dtype
-                    w = module.weight.detach().float().cpu()
-                    landed.append(((w + noise).to(module.weight.dtype).float() - w).flatten())
+                    w = _weight(module).detach().float().cpu()
+                    landed.append(((w + noise).to(_weight(module).dtype).float() - w).flatten())
                 else:
                     landed.append(noise.flatten())
         drawn_std = float(torch.cat(drawn).std(unbiased=False)) if drawn else 0.0
@@ -246,7 +254,7 @@ class NoiseInjector:
                     noise = self._noise.get(id(module))
                     if noise is None:
                         continue
-                    w = module.weight
+                    w = _weight(module)
                     self._clean[id(module)] = w.data.clone()
                     noisy = (w.data.float() + noise.to(w.device)).to(w.dtype)
                     w.data.copy_(noisy)
@@ -263,8 +271,8 @@ class NoiseInjector:
                     if clean is None:
                         continue
                     noisy = self._noisy.pop(id(module))
-                    w = module.weight
-                    changed = w.data != noisy
+                    w = _weight(module)
+                    changed = torch.ne(w.data, noisy)
                     if bool(changed.any()):  # an update made while noisy is kept
                         moved = (clean.float() + (w.data.float() - noisy.float())).to(clean.dtype)
                         clean = torch.where(changed, moved, clean)

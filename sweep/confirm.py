@@ -22,7 +22,6 @@ stops the confirmation.
 
 from __future__ import annotations
 
-import math
 import statistics
 import sys
 import time

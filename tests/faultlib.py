@@ -145,7 +145,7 @@ class Driver:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"driver did not finish in {timeout} s; stderr tail:\n{self.stderr()[-3000:]}")
+            raise AssertionError(f"driver did not finish in {timeout} s; stderr tail:\n{self.stderr()[-3000:]}") from None
         finally:
             self._out.close()
             self._err.close()
