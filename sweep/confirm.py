@@ -46,7 +46,8 @@ FIRST_CONFIRM_SEED = 1000  # confirmation seeds start here, skipping every seed 
 
 def used_seeds(record: StudyRecord) -> set[int]:
     """Every seed a trial or an earlier confirmation ran with, failed confirmation runs included
-    (a seed whose run failed would mostly fail again: it is not fresh)."""
+    (a seed whose run failed would mostly fail again: it is not fresh), and the whole racing
+    tuning pool, used yet or not: tuning and confirmation seeds stay disjoint."""
     seeds: set[int] = set()
     for t in record.trials():
         s = t.user_attrs.get("seed")
@@ -58,7 +59,8 @@ def used_seeds(record: StudyRecord) -> set[int]:
         ran += [f.get("seed") for f in entry.get("failures", []) or [] if isinstance(f, dict)]
         seeds.update(int(s) for s in ran if isinstance(s, int) and not isinstance(s, bool))
     if record.spec is not None:
-        seeds.add(int(record.spec.trial_seed))
+        first = int(record.spec.trial_seed)
+        seeds.update(range(first, first + record.spec.racing.max_seeds) if record.spec.racing.enabled else (first,))
     return seeds
 
 

@@ -13,7 +13,7 @@ run on the incumbent's seeds and dropped as soon as they fall behind on the seed
 - the incumbent (most seeds, then best mean) gets one more seed each time the sweep has seen
   `incumbent_every` more distinct configs, up to `max_seeds`;
 - tuning seeds and confirmation seeds are disjoint pools (Eimer et al., ICML 2023): tuning uses
-  `first_seed + k`, k < max_seeds; confirmation starts at `CONFIRM_SEED_BASE`.
+  `first_seed + k`, k < max_seeds; sweep.confirm's fresh seeds skip that whole pool.
 
 Everything here is a pure function of the study's trials, so a resumed driver or a second
 driver on the same study makes the same decisions.
@@ -33,7 +33,6 @@ from optuna.trial import FrozenTrial, TrialState
 SEED_ATTR = "seed"
 REPLICATE_ATTR = "replicate_of"  # the trial number of the config's first evaluation
 RACING_ATTR = "racing"  # why this evaluation was launched: "challenger" | "incumbent"
-CONFIRM_SEED_BASE = 1_000_000  # confirmation seeds live far above every tuning seed
 DEFAULT_NOISE_SD = 0.03  # one seed's sd before the study has replicates to measure it (tiny: ~3 points)
 
 
@@ -59,8 +58,6 @@ class RacingPolicy:
             raise ValueError(f"racing.incumbent_every must be >= 1, got {self.incumbent_every}")
         if not math.isfinite(self.z) or self.z < 0:
             raise ValueError(f"racing.z must be a finite number >= 0, got {self.z}")
-        if self.first_seed + self.max_seeds > CONFIRM_SEED_BASE:
-            raise ValueError("racing: tuning seeds would overlap the confirmation seeds")
 
     @property
     def tuning_seeds(self) -> list[int]:

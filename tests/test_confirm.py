@@ -177,3 +177,17 @@ def test_a_spec_problem_stops_instead_of_failing_every_run(tmp_path, capsys):
     entry = optuna.load_study(study_name=STUDY, storage=url).user_attrs["confirmations"]["2"]
     assert entry["values"] == [] and entry["mean"] is None
     assert entry["failures"] == [{"seed": 1000, "status": "failed", "reason": "RuntimeError: CUDA error: device-side assert"}]
+
+
+def test_confirmation_seeds_never_come_from_the_tuning_pool(tmp_path):
+    """Tune and test on disjoint seeds: the whole racing pool is reserved, even its unused seeds."""
+    from sweep.confirm import used_seeds
+
+    url, _, _ = make_study(tmp_path)
+    record = open_record(STUDY, url)
+    pool = set(range(record.spec.trial_seed, record.spec.trial_seed + record.spec.racing.max_seeds))
+    assert pool <= used_seeds(record)
+    record.spec.trial_seed = 998  # a pool that reaches into the confirmation range: 998..1002
+    runner = FakeRunner()
+    confirm_study(record, top=1, seeds=3, runner=runner)
+    assert [s for _, s in runner.calls] == [1003, 1004, 1005]

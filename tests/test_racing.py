@@ -10,7 +10,6 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from sweep.racing import (
-    CONFIRM_SEED_BASE,
     RacingPolicy,
     config_key,
     group_configs,
@@ -115,9 +114,7 @@ def test_pooled_noise_sd_uses_replicates_only(study: optuna.Study) -> None:
     assert pooled_noise_sd(group_configs(study.get_trials()[4:]), default=9.0) == 9.0
 
 
-def test_policy_rejects_bad_settings_and_keeps_pools_disjoint() -> None:
+def test_policy_rejects_bad_settings_and_names_its_pool() -> None:
     with pytest.raises(ValueError, match="max_seeds"):
         RacingPolicy(max_seeds=0)
-    with pytest.raises(ValueError, match="confirmation seeds"):
-        RacingPolicy(first_seed=CONFIRM_SEED_BASE - 2, max_seeds=5)
     assert RacingPolicy(first_seed=7, max_seeds=3).tuning_seeds == [7, 8, 9]
