@@ -30,7 +30,12 @@ class TaskCfg(_Section):
     name: Literal["tiny-arith", "gsm8k"] = "tiny-arith"
     train_path: str | None = None  # gsm8k: local parquet/jsonl in verl's schema
     val_path: str | None = None
-    num_val: int = Field(300, ge=1)
+    # The final step (the objective) is scored on the first num_val held-out problems; earlier
+    # validations (pruning rungs, step 0) on the first num_val_intermediate of the same ones
+    # (capped at num_val; None = all num_val). 1,000 keeps one binomial standard error of the
+    # score near 1.4 points; the subset keeps four intermediate validations cheap.
+    num_val: int = Field(1000, ge=1)
+    num_val_intermediate: int | None = Field(300, ge=1)
     max_prompt_len: int = Field(512, ge=1)
     max_response_len: int = Field(12, ge=1)  # tiny answers: "#### -99" + EOS = 9 tokens
 
@@ -128,6 +133,13 @@ class StepsCfg(_Section):
         bad = [s for s in self.val_at if s < 0 or s > self.total]
         if bad:
             raise ValueError(f"steps.val_at: {bad} outside 0..steps.total={self.total}")
+        if self.total not in self.val_at:
+            # The objective is the final step's accuracy; a run validated earlier would report an
+            # older model as its result. Rejected rather than silently appended, so the pruning
+            # rungs (the validation steps before the final one) are exactly what the file says.
+            raise ValueError(
+                f"steps.val_at must include steps.total={self.total} (the objective is the final step's accuracy)"
+            )
         self.val_at = sorted(set(self.val_at))
         return self
 

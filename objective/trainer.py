@@ -7,7 +7,14 @@ group advantages, then the clipped policy-gradient updates of the LoRA weights l
 forward/backward; training forward: clean norms unless noise.apply_to == "both"), at the step's
 warm-up learning rate.
 Validation is greedy on the held-out set with the quantized model and NO noise (what the model
-would score when deployed), at the steps in `steps.val_at` (0 = before any update).
+would score when deployed), at the steps in `steps.val_at` (0 = before any update): the final step
+(the objective) on all `task.num_val` problems, earlier ones on the first `task.num_val_intermediate`.
+
+Common random numbers: step s draws its prompts and its sampling randomness from generators seeded
+by (seed, s) alone (`step_seed`), not from streams that earlier steps consumed a config-dependent
+amount of, so trials with the same seed see the same prompts and, where the config leaves the
+sampling distribution alone, the same samples; config differences are then not drowned in draw
+noise. The noise injector has its own (seed, step) generator.
 
 Generation goes through one seam, `objective.rollout.make_rollout` (a RolloutBackend): `hf`
 samples from the policy module itself; `vllm` (objective/rollout/vllm_backend.py) receives the
@@ -24,6 +31,7 @@ worker process.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import time
 from collections import defaultdict
@@ -44,6 +52,27 @@ from objective.result import ReportFn, StopTrial, TrialResult
 from objective.rollout import NonFiniteError, Rollout, TrialTimeout, check_backend, make_rollout
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+PROMPT_STREAM = "prompts"
+SAMPLING_STREAM = "sampling"
+
+
+def step_seed(seed: int, step: int, stream: str, draw: int = 0) -> int:
+    """A 63-bit seed for one (trial seed, step, stream, draw): stable across processes and versions."""
+    digest = hashlib.sha256(f"noisesweep:{stream}:{seed}:{step}:{draw}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def draw_prompts(train: list[Any], seed: int, step: int, draw: int, n: int) -> list[Any]:
+    """n distinct training examples for one draw of one step (draw 0; DAPO refills 1, 2, ...).
+
+    A function of (seed, step, draw) only, and a prefix-stable one: a config with fewer prompts
+    per step sees the first of the same prompts.
+    """
+    gen = torch.Generator().manual_seed(step_seed(seed, step, PROMPT_STREAM, draw))
+    order = torch.randperm(len(train), generator=gen).tolist()
+    return [train[order[i % len(order)]] for i in range(n)]
 
 
 def val_metric_name(data_source: str) -> str:
@@ -159,9 +188,8 @@ class Trainer:
         if torch.cuda.is_available():  # the real path: train and sample on the GPU
             self.model.to("cuda")
         self.device = next(self.model.parameters()).device
-        self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        self.data_gen = torch.Generator().manual_seed(cfg.seed)
-        self._order: list[int] = []
+        # sampling randomness, re-seeded per step by begin_sampling (common random numbers)
+        self.gen = torch.Generator(device=self.device).manual_seed(step_seed(cfg.seed, 0, SAMPLING_STREAM))
         # the budget counts from the trial's start (model loading and compiling included)
         self.deadline = (start or time.monotonic()) + cfg.timeout_s if cfg.timeout_s else None
         self.phase_s: dict[str, float] = defaultdict(float)
@@ -171,14 +199,13 @@ class Trainer:
         )
 
     # ---- data -------------------------------------------------------------------------------
-    def next_prompts(self, n: int) -> list[Any]:
-        """The next n training examples from a seeded shuffle, reshuffled each pass."""
-        out = []
-        while len(out) < n:
-            if not self._order:
-                self._order = torch.randperm(len(self.task.train), generator=self.data_gen).tolist()
-            out.append(self.task.train[self._order.pop()])
-        return out
+    def next_prompts(self, step: int, draw: int, n: int) -> list[Any]:
+        """The training examples of one draw of one step (see `draw_prompts`)."""
+        return draw_prompts(self.task.train, self.cfg.seed, step, draw, n)
+
+    def begin_sampling(self, step: int) -> None:
+        """Re-seed the sampling generator from (seed, step): the same seed samples alike at each step."""
+        self.gen.manual_seed(step_seed(self.cfg.seed, step, SAMPLING_STREAM))
 
     def _generate(self, prompts: list[str], temperature: float) -> Rollout:
         return self.rollout.generate(prompts, temperature)
@@ -188,12 +215,17 @@ class Trainer:
         return torch.tensor([score(t, ex.ground_truth) for t, ex in zip(texts, examples)])
 
     # ---- validation -------------------------------------------------------------------------
+    def val_examples(self, final: bool) -> list[Any]:
+        """All num_val problems for the final step; the first num_val_intermediate before it."""
+        n = self.cfg.task.num_val_intermediate
+        return self.task.val if final or n is None else self.task.val[:n]
+
     @torch.no_grad()
-    def validate(self) -> dict[str, float]:
+    def validate(self, final: bool = True) -> dict[str, float]:
         """Greedy accuracy per data source on the held-out set (quantized model, no noise)."""
         t0 = time.monotonic()
         scores: dict[str, list[float]] = defaultdict(list)
-        val = self.task.val
+        val = self.val_examples(final)
         bs = self.cfg.rollout.val_batch_size
         self.rollout.sync()  # noise off here: the engine serves the quantized, un-noised policy
         for i in range(0, len(val), bs):
@@ -205,7 +237,7 @@ class Trainer:
         return {val_metric_name(src): sum(v) / len(v) for src, v in scores.items()}
 
     # ---- one RL step ------------------------------------------------------------------------
-    def rollout_step(self) -> Sampled:
+    def rollout_step(self, step: int) -> Sampled:
         """Sample groups; DAPO keeps only informative groups and refills up to max_refills times.
 
         Groups are judged on the task score; the rewards that make the advantages add DAPO's
@@ -218,7 +250,7 @@ class Trainer:
         n_kept = 0
         while True:
             need = want - n_kept
-            examples = self.next_prompts(need)
+            examples = self.next_prompts(step, out.refills, need)
             prompts = [self.task.format_prompt(ex, self.tokenizer) for ex in examples for _ in range(k)]
             ro = self._generate(prompts, a.temperature)
             scores = self._score(ro.texts, [ex for ex in examples for _ in range(k)]).view(need, k)
@@ -246,7 +278,8 @@ class Trainer:
         self.noise.begin_step(step, sigma)
         with self.noise.rollout():
             self.rollout.sync()  # this step's noisy norms and current LoRA into the engine (hf: no-op)
-            sampled = self.rollout_step()
+            self.begin_sampling(step)
+            sampled = self.rollout_step(step)
         ros, rewards_list, generated, refills = sampled.rollouts, sampled.rewards, sampled.generated, sampled.refills
         t1 = time.monotonic()
         self.phase_s["rollout"] += t1 - t0
@@ -467,7 +500,7 @@ def _run(trainer: Trainer, cfg: TrialConfig, report: ReportFn | None, t_start: f
                 latest = trainer.train_step(step, sigmas[step - 1])
                 train_hist.append({"step": step, "metrics": latest})
             if step in cfg.steps.val_at:
-                metrics = {**latest, **trainer.validate()}
+                metrics = {**latest, **trainer.validate(final=step == cfg.steps.total)}
                 history.append({"step": step, "metrics": metrics})
                 state["value"] = metrics.get(primary)
                 state["step"] = step

@@ -176,7 +176,7 @@ def test_rl_raises_a_learnable_reward_on_the_tiny_checkpoint(monkeypatch: pytest
     monkeypatch.setattr(reward_mod, "gsm8k_strict_score", even_last_digit)
     cfg = {"seed": 0, "threads": 1, "quant": {"format": "none"}, "task": {"num_val": 1},
            "algo": {"lr": 5e-2, "prompts_per_step": 8, "samples_per_prompt": 8},
-           "steps": {"total": 8, "val_at": [0]}}
+           "steps": {"total": 8, "val_at": [0, 8]}}
     res = run_trial(cfg)
     r = [h["metrics"]["train/reward_mean"] for h in res.applied["train"]]
     assert sum(r[-2:]) / 2 > sum(r[:2]) / 2 + 0.2, r
