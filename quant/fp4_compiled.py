@@ -1,38 +1,49 @@
 """Fast path for fake quantization: the kernels of quant/fp4_kernels.py under torch.compile.
 
 Why: fake quantization runs on every Linear at every forward; eagerly it is ~15 memory passes,
-compiled it is one (MXFP4) or two (NVFP4: tensor amax first). Rules that keep it cheap:
+compiled it is one (MXFP4) or two (NVFP4: the per-tensor amax needs every block before any
+element can be rounded, so one pass computes the block scales, one rounds). Rules that keep it
+cheap:
   * compiled lazily on first use, with dynamic shapes: the input is flattened to 1-D (length a
     multiple of the block), so every layer shape shares one graph per (format, dtype);
   * Inductor's on-disk FX graph cache is on, so a second process loads instead of compiling;
   * NOISESWEEP_COMPILE=0 disables compilation; if compiling fails (no C compiler, ...) we warn
     once and use the eager reference for the rest of the process;
   * tensors below `MIN_NUMEL` elements stay eager (a guarded compiled call costs a fixed
-    overhead that is not worth it there, see bench/quant_throughput.py).
-The compiled code runs the very same kernel functions as the eager reference, and Inductor on
-CPU neither contracts to FMA nor replaces division by reciprocal multiplication, so the results
-are bit-identical (tests/test_formats.py checks it).
+    overhead that is not worth it there, see bench/quant_throughput.py);
+  * on AVX-512 machines some graphs are compiled with 256-bit vectors (`_options`).
+The compiled code runs the very same kernel functions as the eager reference, and the options
+pin Inductor's C++ flags to no FMA contraction and no unsafe math (so no division turns into a
+reciprocal multiplication), so the results are bit-identical (tests/test_formats.py checks it).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from quant.format_names import Fp4Format
 from quant.fp4_constants import BLOCK_SIZES, MX_BLOCK_SIZE, NV_BLOCK_SIZE
-from quant.fp4_kernels import mx_kernel, nv_apply, nv_block_factors
+from quant.fp4_kernels import (
+    mx_kernel,
+    nv_apply,
+    nv_block_scale,
+    nv_element_factors,
+    nv_tensor_factors,
+)
 
 MIN_NUMEL = 1 << 15  # below ATen's parallel grain size eager runs single-threaded; a compiled call
 # always opens an OpenMP region, which on a busy 2-core machine can stall for a scheduler slice
 ENV_VAR = "NOISESWEEP_COMPILE"
 
 _lock = threading.Lock()
-_compiled: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+_compiled: dict[tuple[str, torch.dtype, str], Callable[[torch.Tensor], torch.Tensor]] = {}
 _failed = False
 
 
@@ -46,50 +57,94 @@ def _flat_mx(flat: torch.Tensor) -> torch.Tensor:
     return out.reshape(-1).to(flat.dtype)
 
 
-def _flat_nv_factors(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _flat_nv_scales(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pass 1: E4M3 block scales (one per 16 values) and the per-tensor factors (0-d)."""
     block_amax = flat.float().reshape(-1, NV_BLOCK_SIZE).abs().amax(dim=-1, keepdim=True)
-    return nv_block_factors(block_amax, block_amax.amax())
+    safe, inv, finite = nv_tensor_factors(block_amax.amax())
+    return nv_block_scale(block_amax, safe), safe, inv, finite
 
 
-def _flat_nv_apply(flat: torch.Tensor, recip: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def _flat_nv_apply(
+    flat: torch.Tensor, b: torch.Tensor, safe: torch.Tensor, inv: torch.Tensor, finite: torch.Tensor
+) -> torch.Tensor:
+    """Pass 2: round every block with its factors (two scalar ops per block, the rest per value)."""
+    recip, scale = nv_element_factors(b, safe, inv, finite)
     out = nv_apply(flat.float().reshape(-1, NV_BLOCK_SIZE), recip, scale)
     return out.reshape(-1).to(flat.dtype)
 
 
-def _compile_format(fmt: str) -> Callable[[torch.Tensor], torch.Tensor]:
+InductorOptions = dict[str, str | int | bool | Callable[..., Any]]  # torch.compile(options=...)
+
+# Bit-exactness must not depend on the environment (TORCHINDUCTOR_CPP_* variables can flip these).
+_EXACT_MATH: InductorOptions = {"cpp.enable_unsafe_math_opt_flag": False, "cpp.enable_floating_point_contract_flag": "off"}
+# Graphs that ran faster with 256-bit than with 512-bit vectors on an AVX-512 CPU (Sapphire
+# Rapids, bench/quant_throughput.py): a 16-value NVFP4 block is then one bf16 vector (not half
+# of one), and the block-scale pass's per-block reduction is shorter. fp32 MXFP4 and the fp32
+# NVFP4 rounding pass stay at 512 bits, where they were faster.
+_NARROW_SIMD = {
+    ("mxfp4", torch.bfloat16, "apply"),
+    ("nvfp4", torch.bfloat16, "scales"),
+    ("nvfp4", torch.bfloat16, "apply"),
+    ("nvfp4", torch.float32, "scales"),
+}
+
+
+@functools.cache
+def _avx512_with_avx2() -> bool:
+    """Inductor's default CPU vectors are 512 bits wide and 256-bit ones are available too."""
+    from torch._inductor import cpu_vec_isa
+
+    if cpu_vec_isa.pick_vec_isa().bit_width() != 512:
+        return False
+    return any(isa.bit_width() == 256 for isa in cpu_vec_isa.valid_vec_isa_list())
+
+
+def _options(fmt: str, dtype: torch.dtype, device_type: str, graph: str) -> InductorOptions:
+    """Inductor options of one graph: exact math always, 256-bit vectors where they measured faster."""
+    opts: InductorOptions = dict(_EXACT_MATH)
+    if device_type == "cpu" and (fmt, dtype, graph) in _NARROW_SIMD and _avx512_with_avx2():
+        opts["cpp.simdlen"] = 256
+    return opts
+
+
+def _compile_format(fmt: str, dtype: torch.dtype, device_type: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """flat tensor -> fake-quantized flat tensor, built from compiled graphs.
 
-    NVFP4 is two graphs on purpose: as one graph Inductor recomputes the per-block scale chain
-    (4 scalar divisions, E4M3 rounding) inside the element loop; the graph boundary makes it a
-    vectorized pass over the (16x smaller) block array instead (~20 % faster end to end).
+    NVFP4 is two graphs on purpose: as one graph Inductor computes the per-block scale chain
+    (3 scalar divisions, E4M3 rounding) once per block inside the element loop, which is slower
+    than a vectorized pass over the (16x smaller) block array plus a second read of the input.
     """
+
+    def options(graph: str) -> InductorOptions:
+        return _options(fmt, dtype, device_type, graph)
+
     if fmt == Fp4Format.MXFP4:
-        return torch.compile(_flat_mx, dynamic=True, fullgraph=True)
-    factors = torch.compile(_flat_nv_factors, dynamic=True, fullgraph=True)
-    apply = torch.compile(_flat_nv_apply, dynamic=True, fullgraph=True)
+        return torch.compile(_flat_mx, dynamic=True, fullgraph=True, options=options("apply"))
+    scales = torch.compile(_flat_nv_scales, dynamic=True, fullgraph=True, options=options("scales"))
+    apply = torch.compile(_flat_nv_apply, dynamic=True, fullgraph=True, options=options("apply"))
 
     def nv(flat: torch.Tensor) -> torch.Tensor:
-        recip, scale = factors(flat)
-        return apply(flat, recip, scale)
+        return apply(flat, *scales(flat))
 
     return nv
 
 
-def _get(fmt: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Build (once) the compiled function for `fmt`; Dynamo compiles on its first call."""
+def _get(fmt: str, dtype: torch.dtype, device_type: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Build (once per format, dtype and device type) the compiled function; Dynamo compiles on its first call."""
     with _lock:
-        fn = _compiled.get(fmt)
+        key = (fmt, dtype, device_type)
+        fn = _compiled.get(key)
         if fn is None:
             import torch._inductor.config as inductor_config
 
             inductor_config.fx_graph_cache = True  # reuse compiled kernels across processes
-            fn = _compile_format(fmt)
-            _compiled[fmt] = fn
+            fn = _compile_format(fmt, dtype, device_type)
+            _compiled[key] = fn
         return fn
 
 
 def _run(fmt: str, flat: torch.Tensor) -> torch.Tensor:
-    return _get(fmt)(flat)
+    return _get(fmt, flat.dtype, flat.device.type)(flat)
 
 
 def quantize(x: torch.Tensor, fmt: str) -> torch.Tensor | None:

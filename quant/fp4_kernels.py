@@ -116,21 +116,40 @@ def nv_tensor_scale(amax: torch.Tensor) -> torch.Tensor:
     return amax / (E4M3_MAX * E2M1_MAX)
 
 
-def nv_block_factors(block_amax: torch.Tensor, amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-block (multiplier into E2M1 units, dequantization scale) for NVFP4.
+def nv_tensor_factors(amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(s, 1 / s, amax finite) from the tensor amax, with s = 1 where amax == 0 (0-d tensors).
 
-    amax == 0 gives an all-zero result, a NaN/Inf amax a NaN scale (the whole tensor is NaN);
-    a block scale that rounds to 0 gets multiplier 0 so its elements come out as exactly 0.
+    amax == 0 gives an all-zero result, a NaN/Inf amax a NaN scale (the whole tensor is NaN).
     A tensor so small that 1 / s overflows float32 (amax < 2688 * 2^-128, about 7.9e-36) is
-    flushed to zero the same way; the recipe's x * ((1/s)/b) would give 0 * inf = NaN there.
+    flushed to zero by `nv_element_factors`; the recipe's x * ((1/s)/b) would give 0 * inf = NaN.
     """
     s = nv_tensor_scale(amax)
     safe = torch.where(amax > 0, s, 1.0)
-    b = round_to_e4m3((block_amax / E2M1_MAX) / safe)
-    inv = 1.0 / safe
+    return safe, 1.0 / safe, torch.isfinite(amax)
+
+
+def nv_block_scale(block_amax: torch.Tensor, safe: torch.Tensor) -> torch.Tensor:
+    """E4M3 block scale b = e4m3((amax_b / 6) / s) (no lower clamp, see the module docstring)."""
+    return round_to_e4m3((block_amax / E2M1_MAX) / safe)
+
+
+def nv_element_factors(
+    b: torch.Tensor, safe: torch.Tensor, inv: torch.Tensor, finite: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-block (multiplier into E2M1 units (1/s)/b, dequantization scale s*b).
+
+    A block scale that rounds to 0, or a tensor whose 1/s overflowed, gets multiplier 0, so its
+    elements come out as exactly 0; a non-finite tensor amax makes every scale NaN.
+    """
     recip = torch.where((b > 0) & (inv < float("inf")), inv / b, 0.0)
-    scale = torch.where(torch.isfinite(amax), safe * b, float("nan"))
+    scale = torch.where(finite, safe * b, float("nan"))
     return recip, scale
+
+
+def nv_block_factors(block_amax: torch.Tensor, amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-block (multiplier into E2M1 units, dequantization scale) for NVFP4: the three steps above."""
+    safe, inv, finite = nv_tensor_factors(amax)
+    return nv_element_factors(nv_block_scale(block_amax, safe), safe, inv, finite)
 
 
 def nv_apply(xb: torch.Tensor, recip: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -279,14 +279,15 @@ def edge_case_tensor(cols: int) -> torch.Tensor:
 
 @pytest.mark.slow
 def test_compiled_path_is_bit_identical_to_eager(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One fp32 graph per format (dynamic shapes: both column counts share it)."""
+    """One graph set per format and dtype (dynamic shapes: both column counts share it)."""
     monkeypatch.setenv(fp4_compiled.ENV_VAR, "1")
-    for cols in (128, 100):
-        x = edge_case_tensor(cols)
+    for dtype, cols in ((torch.float32, 128), (torch.float32, 100), (torch.bfloat16, 128)):
+        x = edge_case_tensor(cols).to(dtype)
         assert x.numel() >= fp4_compiled.MIN_NUMEL
         for fmt in KNOWN_FORMATS:
             fused = fp4_compiled.quantize(x, fmt)
             assert fused is not None, "compilation failed on this machine"
+            assert fused.dtype == dtype
             assert torch.equal(bits(fused), bits(eager_fake_quantize(x, fmt)))
     x = edge_case_tensor(128)
     x[9, 70] = float("nan")
