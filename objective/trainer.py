@@ -1,8 +1,11 @@
 """The built-in trainer: GRPO/DAPO with LoRA on a fake-quantized, optionally noisy model.
 
 One step: pick prompts, sample `samples_per_prompt` responses each from the quantized model with
-this step's noise (rollout), score them, compute group advantages, one clipped policy-gradient
-update of the LoRA weights (training forward: clean norms unless noise.apply_to == "both").
+this step's noise (rollout), score them (plus DAPO's overlong penalty when configured), compute
+group advantages, then the clipped policy-gradient updates of the LoRA weights like verl's actor
+(objective/ppo.py: mini-batches of `algo.mini_batch_size` prompts, `ppo_epochs`, micro-batched
+forward/backward; training forward: clean norms unless noise.apply_to == "both"), at the step's
+warm-up learning rate.
 Validation is greedy on the held-out set with the quantized model and NO noise (what the model
 would score when deployed), at the steps in `steps.val_at` (0 = before any update).
 
@@ -12,7 +15,10 @@ policy's merged, quantized weights and this step's noisy norms at each `rollout.
 step inside the noise context, once per validation outside it).
 
 Failures are results: StopTrial from `report` -> "pruned"; a non-finite loss/logits, a timeout,
-an exception in training or in `report` -> "failed" with a one-line reason.
+running out of GPU memory ("out of GPU memory ..."), an exception in training or in `report` ->
+"failed" with a one-line reason. Whatever the end, the trial's device memory is handed back
+before run_trial returns (objective/device_memory.py): the sweep runs the next trial in the same
+worker process.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +37,9 @@ import torch
 from objective import grpo
 from objective import reward as _reward
 from objective.config import TrialConfig, load_config
+from objective.device_memory import free_device_memory, is_out_of_memory
+from objective.logprobs import response_logprobs
+from objective.ppo import UpdateStats, ppo_update, warmup_lr
 from objective.result import ReportFn, StopTrial, TrialResult
 from objective.rollout import NonFiniteError, Rollout, TrialTimeout, check_backend, make_rollout
 
@@ -55,6 +64,17 @@ def load_model(cfg: TrialConfig) -> tuple[Any, Any]:
 
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
     return model, AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+@dataclass
+class Sampled:
+    """One step's kept rollouts: per rollout its rewards (groups, samples) and overlong penalties."""
+
+    rollouts: list[Rollout]
+    rewards: list[torch.Tensor]
+    overlong: list[torch.Tensor]
+    generated: int  # groups generated, dropped ones included
+    refills: int
 
 
 class _Noise:
@@ -123,6 +143,8 @@ class Trainer:
         )
         self.model = get_peft_model(base, lora)
         self.model.eval()  # dropout (if any) only inside the training forward
+        if cfg.algo.gradient_checkpointing:  # recompute each decoder layer in backward (non-reentrant: hooks re-run)
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.quant = None
         if cfg.quant.format != "none":
             from quant.model import DEFAULT_EXCLUDE, QuantScheme, quantize_model
@@ -183,36 +205,40 @@ class Trainer:
         return {val_metric_name(src): sum(v) / len(v) for src, v in scores.items()}
 
     # ---- one RL step ------------------------------------------------------------------------
-    def rollout_step(self) -> tuple[list[Rollout], list[torch.Tensor], int, int]:
+    def rollout_step(self) -> Sampled:
         """Sample groups; DAPO keeps only informative groups and refills up to max_refills times.
 
-        Returns (rollouts, rewards per rollout (groups, samples)), groups generated, refills used.
+        Groups are judged on the task score; the rewards that make the advantages add DAPO's
+        overlong penalty when algo.overlong_buffer_len > 0 (verl filters on `acc` the same way).
         """
         a = self.cfg.algo
         k = a.samples_per_prompt
         want = a.prompts_per_step
-        kept_ro: list[Rollout] = []
-        kept_r: list[torch.Tensor] = []
-        n_kept = generated = refills = 0
+        out = Sampled([], [], [], 0, 0)
+        n_kept = 0
         while True:
             need = want - n_kept
             examples = self.next_prompts(need)
             prompts = [self.task.format_prompt(ex, self.tokenizer) for ex in examples for _ in range(k)]
             ro = self._generate(prompts, a.temperature)
-            rewards = self._score(ro.texts, [ex for ex in examples for _ in range(k)]).view(need, k)
-            generated += need
+            scores = self._score(ro.texts, [ex for ex in examples for _ in range(k)]).view(need, k)
+            penalty = grpo.overlong_penalty(ro.response_mask.sum(1), max_len=self.cfg.response_len,
+                                            buffer_len=a.overlong_buffer_len, factor=a.overlong_penalty_factor)
+            rewards = scores + penalty.view(need, k).to(scores.dtype)
+            out.generated += need
             if a.name == "dapo":
-                keep = grpo.informative_groups(rewards)
+                keep = grpo.informative_groups(scores)
                 rows = keep.repeat_interleave(k)
                 ro = _select_rows(ro, rows)
-                rewards = rewards[keep]
-            kept_ro.append(ro)
-            kept_r.append(rewards)
+                rewards, penalty = rewards[keep], penalty[rows]
+            out.rollouts.append(ro)
+            out.rewards.append(rewards)
+            out.overlong.append(penalty)
             n_kept += rewards.shape[0]
-            if a.name != "dapo" or n_kept >= want or refills >= a.max_refills:
+            if a.name != "dapo" or n_kept >= want or out.refills >= a.max_refills:
                 break
-            refills += 1
-        return kept_ro, kept_r, generated, refills
+            out.refills += 1
+        return out
 
     def train_step(self, step: int, sigma: float) -> dict[str, float]:
         a = self.cfg.algo
@@ -220,7 +246,8 @@ class Trainer:
         self.noise.begin_step(step, sigma)
         with self.noise.rollout():
             self.rollout.sync()  # this step's noisy norms and current LoRA into the engine (hf: no-op)
-            ros, rewards_list, generated, refills = self.rollout_step()
+            sampled = self.rollout_step()
+        ros, rewards_list, generated, refills = sampled.rollouts, sampled.rewards, sampled.generated, sampled.refills
         t1 = time.monotonic()
         self.phase_s["rollout"] += t1 - t0
         all_rewards = torch.cat([r.flatten() for r in rewards_list]) if rewards_list else torch.zeros(0)
@@ -233,40 +260,26 @@ class Trainer:
             "train/groups_generated": float(generated),
             "train/groups_used": float(sum(r.shape[0] for r in rewards_list)),
             "train/refills": float(refills),
+            "train/lr": warmup_lr(step, a.lr, a.lr_warmup_steps),
             "noise/sigma": float(sigma),
         }
+        if a.overlong_buffer_len:
+            pen = torch.cat(sampled.overlong)
+            metrics["train/overlong_penalty_mean"] = float(pen.mean()) if pen.numel() else 0.0
+            metrics["train/overlong_frac"] = float((pen < 0).float().mean()) if pen.numel() else 0.0
         if n_seqs == 0:  # DAPO: every group uninformative even after refills; nothing to learn from
             metrics.update({"train/loss": 0.0, "train/clipfrac": 0.0})
         else:
             ro = _cat_rollouts(ros, self.tokenizer)
             adv = grpo.group_advantages(torch.cat(rewards_list, 0)).flatten()
-            with self.noise.training():
-                self.model.train()
-                try:
-                    logp = self.response_logp(ro)
-                finally:
-                    self.model.eval()
-                old = ro.logp if a.old_logprobs == "rollout" else logp.detach()
-                loss, info = grpo.policy_loss(
-                    logp,
-                    old,
-                    adv,
-                    ro.response_mask,
-                    eps_low=a.eps_low,
-                    eps_high=a.eps_high,
-                    token_mean=a.name == "dapo",
-                )
-                if not torch.isfinite(loss):
-                    raise NonFiniteError(f"loss is {float(loss.detach())} at step {step}")
-                self.optim.zero_grad(set_to_none=True)
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.params, a.grad_clip)
-            self.optim.step()  # outside the noise contexts (the injector's protocol)
+            stats = self.update(ro, adv, step)
             m = ro.response_mask.float()
-            # how far the (noisy) sampler's log-probs are from the training forward's
-            gap = float(((logp.detach() - ro.logp).abs() * m).sum() / m.sum().clamp(min=1.0))
-            metrics.update({"train/loss": float(loss.detach()), "train/clipfrac": info["clipfrac"],
-                            "train/rollout_logp_gap": gap})
+            # how far the (noisy) sampler's log-probs are from the training forward's (each
+            # sequence's first forward of the step, i.e. before its own mini-batch's update)
+            gap = float(((stats.first_logp - ro.logp).abs() * m).sum() / m.sum().clamp(min=1.0))
+            metrics.update({"train/loss": sum(stats.losses) / len(stats.losses), "train/clipfrac": stats.clipfrac,
+                            "train/rollout_logp_gap": gap, "train/grad_norm": sum(stats.grad_norms) / len(stats.grad_norms),
+                            "train/updates": float(len(stats.losses))})
         t2 = time.monotonic()
         self.phase_s["train"] += t2 - t1
         metrics["time/step_s"] = t2 - t0
@@ -275,16 +288,37 @@ class Trainer:
         metrics["perf/tokens_per_s"] = n_tokens / max(t2 - t0, 1e-9)
         return metrics
 
+    def update(self, ro: Rollout, advantages: torch.Tensor, step: int) -> UpdateStats:
+        """This step's optimizer updates on the scored rollout (objective/ppo.py), at its warm-up lr."""
+        for group in self.optim.param_groups:
+            group["lr"] = warmup_lr(step, self.cfg.algo.lr, self.cfg.algo.lr_warmup_steps)
+        return ppo_update(
+            self.response_logp, ro, advantages, algo=self.cfg.algo, optimizer=self.optim, params=self.params,
+            step=step, training=self._training, scoring=self._scoring,
+        )
+
+    @contextlib.contextmanager
+    def _training(self) -> Iterator[None]:
+        """The training forward/backward: noise per apply_to, dropout on (if any)."""
+        with self.noise.training():
+            self.model.train()
+            try:
+                yield
+            finally:
+                self.model.eval()
+
+    @contextlib.contextmanager
+    def _scoring(self) -> Iterator[None]:
+        """The old-policy forward before the updates: same weights as training, eval mode."""
+        with self.noise.training():
+            yield
+
     def response_logp(self, ro: Rollout) -> torch.Tensor:
         """Log-probs of the sampled response tokens under the current policy at the sampling temperature."""
-        ids = torch.cat([ro.prompt_ids, ro.response_ids], 1).to(self.device)
-        mask = torch.cat([ro.prompt_mask, ro.response_mask], 1).to(self.device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        p = ro.prompt_ids.shape[1]
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, p - 1 : -1].float()
-        logp = torch.log_softmax(logits / self.cfg.algo.temperature, -1)
-        resp = ro.response_ids.to(self.device)
-        return (logp.gather(-1, resp[..., None]).squeeze(-1) * ro.response_mask.to(self.device)).cpu()
+        return response_logprobs(
+            self.model, ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro.response_mask,
+            temperature=self.cfg.algo.temperature, chunk_tokens=self.cfg.algo.logprob_chunk_tokens,
+        )
 
     def close(self) -> None:
         self.rollout.close()  # a vLLM engine frees its GPU memory for the next trial
@@ -333,18 +367,21 @@ def _cat_rollouts(ros: list[Rollout], tokenizer: Any) -> Rollout:
 def sigma_schedule(cfg: TrialConfig) -> list[float]:
     """sigma for each update 1..total, from the run's real step count (0 when noise is off).
 
-    Update s uses quant.noise_plan.sigma_at(s - 1, total): interval 0 (noise-free) covers the first
-    total/num_stages updates and the last interval is reached before the run ends.
+    Step convention (decided): training step s (1-based) uses quant.noise_plan.sigma_at(s - 1, total),
+    the schedule at the number of updates completed before its rollout, i.e. at the version of
+    the policy that samples. This is what the team's fork does (recipe/dapo/dapo_ray_trainer.py
+    calls update_noise_injection_step(current_step=global_steps) after step s's actor update, for
+    the next rollout; step 1 sees current_step 0), so a config exported to the fork gets the
+    schedule this trainer tuned. QeRL's TRL trainer (replacement/trainer.py) increments
+    update_step to s before step s's rollout, i.e. sigma_at(s): every stage edge one step
+    earlier, one noise-free step instead of total/num_stages. Here interval 0 (noise-free) covers
+    the first total/num_stages updates and the last interval is reached before the run ends.
     """
     n = cfg.noise
     if not n.enabled:
         return [0.0] * cfg.steps.total
-    from quant.noise_plan import sigma_at
-
-    return [
-        float(sigma_at(s - 1, cfg.steps.total, n.sigma_start, n.sigma_end, n.num_stages))
-        for s in range(1, cfg.steps.total + 1)
-    ]
+    plan = n.plan()
+    return [plan.sigma_at(s - 1, cfg.steps.total) for s in range(1, cfg.steps.total + 1)]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -367,11 +404,25 @@ def run_trial(config: TrialConfig | dict[str, Any] | None, report: ReportFn | No
     t_start = time.monotonic()
     cfg = load_config(config)
     with _threads(cfg.threads):
-        trainer = Trainer(cfg, start=t_start)  # user-input errors propagate from here
+        trainer: Trainer | None = None
+        oom = None
+        try:
+            trainer = Trainer(cfg, start=t_start)  # user-input errors propagate from here
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            oom = f"out of GPU memory while loading: {_one_line(exc)}"
+        if trainer is None:  # the exception (and the frames holding what was loaded) is gone here
+            free_device_memory()
+            return TrialResult(status="failed", reason=oom, wall_time_s=time.monotonic() - t_start)
         try:
             return _run(trainer, cfg, report, t_start)
         finally:
+            # a reused worker runs the next trial in this process: engine first, then every
+            # reference to this trial's tensors, then the allocator's cache (device_memory.py)
             trainer.close()
+            del trainer
+            free_device_memory()
 
 
 def _run(trainer: Trainer, cfg: TrialConfig, report: ReportFn | None, t_start: float) -> TrialResult:
@@ -432,6 +483,8 @@ def _run(trainer: Trainer, cfg: TrialConfig, report: ReportFn | None, t_start: f
     except NonFiniteError as exc:
         return result("failed", f"non-finite values at step {step}: {exc}")
     except Exception as exc:  # a crash inside training is the trial's failure, not the sweep's
+        if is_out_of_memory(exc):
+            return result("failed", f"out of GPU memory at step {step}: {_one_line(exc)}")
         return result("failed", f"exception at step {step}: {_one_line(exc)}")
     if state["value"] is not None and not math.isfinite(state["value"]):
         return result("failed", f"non-finite validation value at step {state['step']}")

@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
@@ -39,8 +39,11 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from quant.noise_plan import PLAN_ATTR
-from sweep import racing
+from sweep import optuna_private, racing
 from sweep.budget import DRIVER_DIED, Budget, ledger_of, trial_cost_hours
+
+if TYPE_CHECKING:
+    from sweep.progress import Progress
 
 # Keys the trainable puts in every Tune result (namespaced so they never clash with metrics).
 STEP_KEY = "step"
@@ -107,36 +110,37 @@ def fail_stale_trials(
     Liveness is optuna's heartbeat table (RDBStorage(heartbeat_interval, grace_period)): each
     live driver beats for its running trials from a thread (ask/tell never starts optuna's own
     beat, which lives inside `study.optimize`). A RUNNING trial is stale when its beat is older
-    than the grace period (judged with the database clock, so hosts' clocks do not matter), or
-    when it never beat and started longer ago than the grace period. Trials owned by
+    than the storage's grace period (judged with the database clock, so hosts' clocks do not
+    matter), or when it never beat and started longer ago than `grace_period_s`. Trials owned by
     `exclude_driver` (this driver's id) are never failed here. Returns their numbers.
     """
-    storage = study._storage
-    rdb = _rdb_of(storage)
+    storage = optuna_private.study_storage(study)
+    rdb = optuna_private.rdb_of(storage)
+    sid = optuna_private.study_id(study)
+    ages = optuna_private.running_heartbeat_ages(rdb, sid) if rdb is not None else {}
+    beat_grace = optuna_private.heartbeat_grace_s(rdb) if rdb is not None else None
     stale_ids: set[int] = set()
-    if rdb is not None and rdb.heartbeat_interval:
-        stale_ids.update(rdb._get_stale_trial_ids(study._study_id))
-    beating = _trials_with_heartbeat(rdb, study._study_id) if rdb is not None else set()
     now = time.time()
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in running:
+        tid = optuna_private.trial_id(study, t.number, sid=sid)
+        if exclude_driver is not None and (t.user_attrs.get(DRIVER_ATTR) or {}).get("id") == exclude_driver:
+            continue
         if _driver_gone(t):
-            stale_ids.add(t._trial_id)  # its driver ran here and has exited: no need to wait
-            continue
-        if t._trial_id in beating:
-            continue
-        started = t.datetime_start.timestamp() if t.datetime_start else 0.0
-        if now - started > grace_period_s:
-            stale_ids.add(t._trial_id)
-    if exclude_driver is not None:
-        mine = {t._trial_id for t in running if (t.user_attrs.get(DRIVER_ATTR) or {}).get("id") == exclude_driver}
-        stale_ids -= mine
+            stale_ids.add(tid)  # its driver ran here and has exited: no need to wait
+        elif tid in ages:
+            if beat_grace is not None and ages[tid] > beat_grace:
+                stale_ids.add(tid)
+        else:
+            started = t.datetime_start.timestamp() if t.datetime_start else 0.0
+            if now - started > grace_period_s:
+                stale_ids.add(tid)
     return fail_and_requeue(study, sorted(stale_ids))
 
 
 def fail_and_requeue(study: optuna.Study, trial_ids: list[int], reason: str = DRIVER_DIED) -> list[int]:
     """FAIL RUNNING trials (reason first, while still writable) and enqueue their params once."""
-    storage = study._storage
+    storage = optuna_private.study_storage(study)
     failed: list[optuna.trial.FrozenTrial] = []
     for trial_id in trial_ids:
         if not _set_attr_if_running(storage, trial_id, "fail_reason", reason):
@@ -190,25 +194,6 @@ def _driver_gone(trial: optuna.trial.FrozenTrial) -> bool:
         return False
 
 
-def _rdb_of(storage: Any) -> optuna.storages.RDBStorage | None:
-    """The RDBStorage behind a study's storage (optuna wraps it in a _CachedStorage)."""
-    storage = getattr(storage, "_backend", storage)
-    return storage if isinstance(storage, optuna.storages.RDBStorage) else None
-
-
-def _trials_with_heartbeat(storage: optuna.storages.RDBStorage, study_id: int) -> set[int]:
-    from optuna.storages._rdb import models
-
-    with storage.scoped_session() as session:
-        rows = (
-            session.query(models.TrialHeartbeatModel.trial_id)
-            .join(models.TrialModel, models.TrialModel.trial_id == models.TrialHeartbeatModel.trial_id)
-            .filter(models.TrialModel.study_id == study_id)
-            .all()
-        )
-    return {r[0] for r in rows}
-
-
 class _Heartbeat(threading.Thread):
     """Beats for this driver's RUNNING trials every `interval` seconds."""
 
@@ -245,7 +230,7 @@ class NoisesweepSearch(OptunaSearch):
         gpus_per_trial: float = 0.0,
         trial_seed: Callable[[int], int] | int = 0,
         scheduler_name: str = "the scheduler",
-        progress: Any = None,
+        progress: Progress | None = None,
         heartbeat_interval: float | None = None,
         grace_period: float | None = None,
         racing_policy: racing.RacingPolicy | None = None,
@@ -280,6 +265,10 @@ class NoisesweepSearch(OptunaSearch):
         self._last: dict[str, dict[str, Any]] = {}
         self._running: set[str] = set()
         self._plans: dict[str, dict[str, Any]] = {}  # trial_id -> the NoisePlan dict `space` returned
+        self.unprunable: set[str] = set()  # the racing incumbent's replicates: no scheduler may cut them
+        self._rdb = optuna_private.rdb_of(storage)
+        self._study_sid = optuna_private.study_id(self.study)
+        self._storage_ids: dict[int, int] = {}  # trial number -> storage trial id
         self.launched = 0
         self.finished_numbers: list[int] = []
         self.stop_reason: str | None = None
@@ -291,11 +280,11 @@ class NoisesweepSearch(OptunaSearch):
     # --- liveness -----------------------------------------------------------------------
     def beat(self) -> None:
         """Record a heartbeat for every trial this driver is running."""
-        storage = _rdb_of(self.study._storage)
+        storage = self._rdb
         if storage is None or not storage.heartbeat_interval:
             return
         with self._lock:
-            ids = [self._ot_trials[t]._trial_id for t in self._running if t in self._ot_trials]
+            ids = [self._storage_id(self._ot_trials[t].number) for t in self._running if t in self._ot_trials]
         for trial_id in ids:
             try:
                 storage.record_heartbeat(trial_id)
@@ -318,7 +307,7 @@ class NoisesweepSearch(OptunaSearch):
         if self._heartbeat is not None:
             self._heartbeat.stop_event.set()
         with self._lock:
-            left = [self._ot_trials[t]._trial_id for t in self._running
+            left = [self._storage_id(self._ot_trials[t].number) for t in self._running
                     if t in self._ot_trials and t not in self._completed_trials]
             self._running.clear()
         return fail_and_requeue(self.study, sorted(left)) if left else []
@@ -338,6 +327,8 @@ class NoisesweepSearch(OptunaSearch):
             config = super().suggest(trial_id)
             ot_trial = self._ot_trials[trial_id]
             seed = self._seed_for(ot_trial)
+            if ot_trial.user_attrs.get(racing.RACING_ATTR) == "incumbent":
+                self.unprunable.add(trial_id)
             ot_trial.set_user_attr("seed", seed)  # owner + first beat: _suggest_from_define_by_run_func
             plan = config.get(PLAN_ATTR)
             if plan is not None:  # recorded at launch, so a RUNNING trial already shows its noise
@@ -498,10 +489,15 @@ class NoisesweepSearch(OptunaSearch):
         # driver killed while sampling must not leave an ownerless, beat-less RUNNING trial
         # that a resumed run cannot tell from a live one.
         ot_trial.set_user_attr(DRIVER_ATTR, self.driver)
-        rdb = _rdb_of(self.study._storage)
-        if rdb is not None and rdb.heartbeat_interval:
-            rdb.record_heartbeat(ot_trial._trial_id)
+        if self._rdb is not None and self._rdb.heartbeat_interval:
+            self._rdb.record_heartbeat(self._storage_id(ot_trial.number))
         return super()._suggest_from_define_by_run_func(func, ot_trial)
+
+    def _storage_id(self, number: int) -> int:
+        """The storage id of our trial `number`, looked up once (public API; see optuna_private)."""
+        if number not in self._storage_ids:
+            self._storage_ids[number] = optuna_private.trial_id(self.study, number, sid=self._study_sid)
+        return self._storage_ids[number]
 
     # --- checkpoints: correction 8 ----------------------------------------------------------
     def save(self, checkpoint_path: str) -> None:
@@ -513,7 +509,7 @@ class NoisesweepSearch(OptunaSearch):
     def restore(self, checkpoint_path: str) -> None:
         raise RuntimeError("noisesweep never restores a searcher; it resumes from the study")
 
-    _UNPICKLED = ("_storage", "_ot_study", "study", "_ot_trials", "_heartbeat", "_lock", "progress")
+    _UNPICKLED = ("_storage", "_rdb", "_ot_study", "study", "_ot_trials", "_heartbeat", "_lock", "progress")
 
     def __getstate__(self) -> dict[str, Any]:
         """Ray pickles the search algorithm into tuner.pkl: leave the storage (and URL) out."""

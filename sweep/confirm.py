@@ -35,7 +35,7 @@ from optuna.trial import FrozenTrial
 from sweep.best import replicates_of
 from sweep.confirm_ray import Outcome
 from sweep.errors import UserError
-from sweep.racing import config_key
+from sweep.racing import config_key, group_configs, incumbent
 from sweep.record import StudyRecord, finite_number
 
 from sweep.stats import mean_ci
@@ -81,13 +81,19 @@ def sweep_score(record: StudyRecord, trial: FrozenTrial) -> float:
 
 
 def top_trials(record: StudyRecord, k: int) -> list[FrozenTrial]:
-    """The k best configs by their mean over tuning replicates, each as its first COMPLETE trial
-    (a replicated or re-queued config counts once)."""
+    """The k best configs, each as its first COMPLETE trial (a replicated or re-queued config
+    counts once): the racing incumbent first when it has replicates (what `noisesweep best`
+    names), then the rest by their mean over tuning replicates."""
+    complete = record.complete_trials()
     first: dict[str, FrozenTrial] = {}
-    for t in sorted(record.complete_trials(), key=lambda t: t.number):
+    for t in sorted(complete, key=lambda t: t.number):
         first.setdefault(config_key(t.params), t)
     sign = 1.0 if record.maximize else -1.0
     ranked = sorted(first.values(), key=lambda t: (sign * sweep_score(record, t), -t.number), reverse=True)
+    inc = incumbent(group_configs(complete, direction="maximize" if record.maximize else "minimize"))
+    if inc is not None and inc.n >= 2:
+        lead = first[inc.key]
+        ranked = [lead, *[t for t in ranked if t is not lead]]
     return ranked[:k]
 
 
@@ -126,7 +132,7 @@ class Confirmation:
 def _store(record: StudyRecord, conf: Confirmation) -> None:
     """Merge one entry into the study's `confirmations` (re-read first: others may have written)."""
     study = record.study
-    fresh = study._storage.get_study_user_attrs(study._study_id).get("confirmations") or {}
+    fresh = study.user_attrs.get("confirmations") or {}  # read from the storage, not a cache
     merged = dict(fresh) if isinstance(fresh, dict) else {}
     merged[str(conf.trial)] = conf.to_attr()
     study.set_user_attr("confirmations", merged)

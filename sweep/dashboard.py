@@ -26,6 +26,7 @@ from typing import Any
 import optuna
 import sqlalchemy
 
+from sweep import optuna_private
 from sweep.best import best_result
 from sweep.best_text import applied_text, ci_text
 from sweep.errors import UserError
@@ -113,7 +114,7 @@ def _runs(layers: list[int]) -> str:
 def _current_note(study: optuna.Study) -> str | None:
     from optuna_dashboard._note import get_note_from_system_attrs
 
-    attrs = study._storage.get_study_system_attrs(study._study_id)
+    attrs = optuna_private.study_storage(study).get_study_system_attrs(optuna_private.study_id(study))
     note = get_note_from_system_attrs(attrs, None)
     return note.get("body") if note else None
 
@@ -124,7 +125,7 @@ def _upload_once(record: StudyRecord, store: Any, filename: str, data: bytes) ->
     from optuna.artifacts.exceptions import ArtifactNotFound
 
     study = record.study
-    storage = study._storage
+    storage = optuna_private.study_storage(study)
     existing = [m for m in get_all_artifact_meta(study) if m.filename == filename]
     digest = hashlib.sha256(data).hexdigest()
     for meta in existing:
@@ -139,7 +140,7 @@ def _upload_once(record: StudyRecord, store: Any, filename: str, data: bytes) ->
         path.write_bytes(data)
         upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
     for meta in existing:  # the stale copies: cleared as optuna-dashboard's delete does
-        storage.set_study_system_attr(study._study_id, ARTIFACTS_PREFIX + meta.artifact_id, json.dumps(None))
+        storage.set_study_system_attr(optuna_private.study_id(study), ARTIFACTS_PREFIX + meta.artifact_id, json.dumps(None))
         try:
             store.remove(meta.artifact_id)
         except ArtifactNotFound:  # already gone: nothing to clean up

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -24,6 +24,9 @@ from sweep.errors import UserError
 from sweep.export_formats import FORMATS
 from sweep.record import StudyRecord
 from sweep.strict_json import jsonable
+
+if TYPE_CHECKING:
+    from objective.config import TrialConfig
 
 NOISE_PREFIX = "trainer.noise_injection"
 EXPORT_NOISE_KEYS = "verl-fork-patched"  # a builtin study's export: every key, multipliers included
@@ -138,7 +141,7 @@ def hydra_text(record: StudyRecord, best: BestResult) -> str:
     return shlex.join(hydra_overrides(record, best)) + "\n"
 
 
-def trainer_config(record: StudyRecord, best: BestResult) -> Any:
+def trainer_config(record: StudyRecord, best: BestResult) -> TrialConfig:
     """The TrialConfig the best trial ran (recorded multipliers and seed), study-free."""
     from sweep.study import BuiltinObjective
 
@@ -158,7 +161,7 @@ def trainer_config(record: StudyRecord, best: BestResult) -> Any:
 
 def yaml_text(record: StudyRecord, best: BestResult) -> str:
     """The trainer-config document `noisesweep trial` runs again, with a provenance block."""
-    from sweep.study import trainer_config_document
+    from sweep.trainer_config_doc import trainer_config_document
 
     config = trainer_config(record, best)
     source = {

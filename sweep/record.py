@@ -13,13 +13,18 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.errors import UserError
 from sweep.secrets import mask_url
+
+if TYPE_CHECKING:  # imported lazily at run time: the record opens without building a space
+    from quant.srdd import SrddProfile
+    from sweep.space import SearchSpace
+    from sweep.study import StudySpec
 
 
 @dataclass
@@ -28,9 +33,9 @@ class StudyRecord:
 
     study: optuna.Study
     storage_url: str  # the real URL: never print it, use `masked_url`
-    spec: Any | None = None  # sweep.study.StudySpec, None when neither the study nor a file has one
-    profile: Any | None = None  # quant.srdd.SrddProfile
-    space: Any | None = None  # sweep.space.SearchSpace
+    spec: StudySpec | None = None  # None when neither the study nor a file has one
+    profile: SrddProfile | None = None
+    space: SearchSpace | None = None
     spec_record: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # why the spec/profile could not be rebuilt
 
@@ -60,7 +65,7 @@ class StudyRecord:
     def better(self, a: float, b: float) -> bool:
         return a > b if self.maximize else a < b
 
-    def require_space(self, what: str) -> Any:
+    def require_space(self, what: str) -> SearchSpace:
         if self.space is None:
             why = "; ".join(self.notes) or "the study has no noisesweep_spec/srdd_profile user_attrs"
             raise UserError(f"{what} needs the study's spec and SRDD profile ({why}); pass the study YAML file as STUDY")
@@ -83,7 +88,7 @@ def open_record(study_arg: str, storage: str | None = None) -> StudyRecord:
 
     file_spec = None
     if _looks_like_file(study_arg):
-        from sweep.study import load_study
+        from sweep.study_loader import load_study
 
         file_spec = load_study(study_arg)
         name = file_spec.name
@@ -139,7 +144,7 @@ def _has_optuna_tables(path: Path) -> bool:
     return row is not None
 
 
-def attach_spec(record: StudyRecord, file_spec: Any | None) -> None:
+def attach_spec(record: StudyRecord, file_spec: StudySpec | None) -> None:
     """Rebuild spec, profile and search space: the stored spec first, the study file second."""
     from quant.srdd import SrddProfile
     from sweep.space import SearchSpace

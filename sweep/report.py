@@ -24,10 +24,10 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from sweep import hypotheses  # noqa: E402
-from sweep.errors import UserError  # noqa: E402
 from sweep.atomic import write_atomic, write_text_atomic  # noqa: E402
 from sweep.best import best_result, count_states  # noqa: E402
 from sweep.best_text import applied_text, ci_text  # noqa: E402
+from sweep.errors import UserError  # noqa: E402
 from sweep.record import StudyRecord, finite_number  # noqa: E402
 
 PLOTS = ("history.png", "intermediate.png", "importances.png", "parallel.png", "profile.png")
@@ -191,7 +191,6 @@ def plot_importances(record: StudyRecord, path: Path) -> str | None:
 
 def plot_parallel(record: StudyRecord, path: Path) -> str | None:
     """parallel.png of the COMPLETE trials; returns a note (and draws it) when it cannot be made."""
-    import optuna
     from optuna.visualization.matplotlib import plot_parallel_coordinate
 
     complete = record.complete_trials()

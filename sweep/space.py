@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
@@ -26,6 +26,9 @@ from objective.config import NoiseCfg, TrialConfig
 from quant.noise_plan import PLAN_ATTR, NoisePlan
 from sweep.errors import UserError
 from sweep.study import BuiltinObjective, CommandObjective, SeedConfig, StudySpec
+
+if TYPE_CHECKING:
+    from quant.srdd import SrddProfile
 
 PARAM_NAMES = ("sigma_start", "sigma_ratio", "num_stages", "zones", "alpha", "site")
 
@@ -72,7 +75,7 @@ def _number(value: Any, where: str) -> float:
 class SearchSpace:
     """A study's search space over one SRDD profile (see the module docstring)."""
 
-    def __init__(self, spec: StudySpec, profile: Any) -> None:
+    def __init__(self, spec: StudySpec, profile: SrddProfile) -> None:
         self.spec = spec
         self.profile = profile
         self.errors: list[float] = list(profile.errors())
@@ -96,7 +99,7 @@ class SearchSpace:
         self._seeds = self._fit_seeds(spec.seed_config_list())
 
     @classmethod
-    def from_spec(cls, spec: StudySpec, profile: Any | None = None) -> SearchSpace:
+    def from_spec(cls, spec: StudySpec, profile: SrddProfile | None = None) -> SearchSpace:
         """Build the space from a validated spec and its profile (default: the spec's own)."""
         return cls(spec, profile if profile is not None else spec.srdd_profile)
 
@@ -235,21 +238,30 @@ class SearchSpace:
         seed = cfg.seed if seed is None else seed
         if cfg.kind == "random":
             return optuna.samplers.RandomSampler(seed=seed)
+        base: optuna.samplers.BaseSampler
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            tpe = optuna.samplers.TPESampler(
-                multivariate=True,
-                group=True,
-                constant_liar=True,
-                seed=seed,
-                n_startup_trials=cfg.n_startup_trials,
-            )
-        if cfg.kind == "tpe":
-            return tpe
+            if cfg.kind in ("gp", "gp-prior"):
+                # Optuna's GP with a learned noise variance (deterministic_objective=False): replicates
+                # of one config are pooled as noisy observations of one value, not trusted one by one.
+                base = optuna.samplers.GPSampler(
+                    seed=seed, n_startup_trials=cfg.n_startup_trials, deterministic_objective=False,
+                    warn_independent_sampling=False,
+                )
+            else:
+                base = optuna.samplers.TPESampler(
+                    multivariate=True,
+                    group=True,
+                    constant_liar=True,
+                    seed=seed,
+                    n_startup_trials=cfg.n_startup_trials,
+                )
+        if cfg.kind in ("tpe", "gp"):
+            return base
         from sweep.prior import PriorGuidedSampler
 
         return PriorGuidedSampler(
-            tpe, self.prior_params(), prior_scale=cfg.prior_scale, weight=cfg.prior_weight, seed=seed
+            base, self.prior_params(), prior_scale=cfg.prior_scale, weight=cfg.prior_weight, seed=seed
         )
 
     # ------------------------------------------------------------------ trials

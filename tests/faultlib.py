@@ -277,7 +277,7 @@ def sqlite_dump(db_path: Path) -> str:
 def seed_names_of(study_path: Path) -> list[str]:
     """Names of the seed configs a study file enqueues (through the product's own loader)."""
     from sweep.space import SearchSpace
-    from sweep.study import load_study
+    from sweep.study_loader import load_study
 
     spec = load_study(study_path)
     space = SearchSpace.from_spec(spec, spec.srdd_profile)
@@ -358,7 +358,7 @@ def make_contract_study(url: str, study_path: Path, *, states: Iterable[str]) ->
     import math as _math
 
     from sweep.space import SearchSpace
-    from sweep.study import load_study
+    from sweep.study_loader import load_study
 
     spec = load_study(study_path)
     profile = spec.srdd_profile

@@ -1,6 +1,6 @@
 """The OptunaSearch corrections, driven directly through the Searcher API (no Ray needed).
 
-Each test names the DOMAIN.md pitfall it guards; each fails against plain OptunaSearch.
+Each test names the OptunaSearch pitfall it guards (numbered as the corrections in sweep/bridge.py); each fails against plain OptunaSearch.
 """
 
 from __future__ import annotations
@@ -336,3 +336,26 @@ def test_racing_launches_replicates_through_the_searcher_with_their_own_seeds(st
     trials = s.study.get_trials()
     assert len(trials) == 4 and [t.state for t in trials] == [TrialState.COMPLETE] * 4
     assert sorted(t.value for t in trials if t.params == best.params) == [0.88, 0.9]
+
+
+def test_protected_trials_are_never_cut_by_asha():
+    """The racing incumbent's replicates are the evidence the answer rests on: a low rung value
+    that would get any other trial cut must not cut them."""
+    from ray.tune.schedulers import TrialScheduler
+
+    from sweep.runner import PruningPlan, build_scheduler
+
+    for kind in ("asha",):  # the median rule takes the same guard; it needs Tune's controller to run
+        sched, _ = build_scheduler(PruningPlan(kind=kind, rungs=[5, 10], final_step=20, min_samples=2),
+                                   "maximize", protect=lambda tid: tid == "inc")
+        trials = [_StubTrial(n) for n in ("a", "b", "c", "inc", "bad")]
+        for t in trials:
+            sched.on_trial_add(None, t)
+        for t, v in zip(trials[:3], (0.9, 0.8, 0.85)):
+            for step in (5, 10):
+                sched.on_trial_result(None, t, {"step": step, bridge.OBJECTIVE_KEY: v, "time_total_s": step})
+        inc, bad = trials[3], trials[4]
+        actions = {t.trial_id: [sched.on_trial_result(None, t, {"step": s, bridge.OBJECTIVE_KEY: 0.1, "time_total_s": s})
+                                for s in (5, 10)] for t in (bad, inc)}
+        assert TrialScheduler.STOP in actions["bad"], kind
+        assert actions["inc"] == [TrialScheduler.CONTINUE] * 2, kind

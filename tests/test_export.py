@@ -61,7 +61,7 @@ def make_study(
 ) -> tuple[str, Path, Any]:
     """(storage URL, study YAML path, SearchSpace) of a planted study in tmp_path/ns.db."""
     from sweep.space import SearchSpace
-    from sweep.study import load_study
+    from sweep.study_loader import load_study
 
     profile = make_profile()
     profile.save(tmp_path / "profile.json")
@@ -151,7 +151,7 @@ def test_unknown_study_lists_the_existing_ones(tmp_path, capsys):
     assert main(["best", "nope", "--storage", url]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert f"no study named 'nope'" in err and f"(studies there: {STUDY})" in err
+    assert "no study named 'nope'" in err and f"(studies there: {STUDY})" in err
 
 
 def test_storage_env_beats_the_default_and_the_flag_beats_env(tmp_path, capsys, monkeypatch):
@@ -227,7 +227,7 @@ def test_hydra_export_is_one_shell_line_the_command_objective_would_write(tmp_pa
 
 def test_yaml_export_is_a_trainer_config_the_trial_command_reads_back(tmp_path):
     from sweep.overrides import load_yaml_file
-    from sweep.study import is_trainer_config, parse_trainer_config
+    from sweep.trainer_config_doc import is_trainer_config, parse_trainer_config
 
     confs = {"1": conf_entry([0.57, 0.58, 0.59], PLANTED[1][1])}
     url, _, space = make_study(tmp_path, confirmations=confs)
@@ -272,7 +272,6 @@ def test_load_verl_export_rejects_a_file_without_the_block(tmp_path):
 
 def test_hydra_export_of_a_command_study_uses_its_own_keys(tmp_path, capsys):
     """A command study's param_map/multipliers_key are the keys its trials got: the export keeps them."""
-    import shlex
 
     from sweep.best import best_result
     from sweep.export import hydra_overrides
@@ -307,7 +306,7 @@ def test_help_renders(command, capsys):
         main([command, "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"usage: ") and ("STUDY" in out) == (command != "dashboard")
+    assert out.startswith("usage: ") and ("STUDY" in out) == (command != "dashboard")
 
 
 def test_write_text_atomic_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):

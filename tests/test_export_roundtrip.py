@@ -123,7 +123,7 @@ def test_best_report_and_dashboard_show_what_was_applied(tmp_path: Path, capsys:
     from sweep.record import open_record
     from sweep.report import summary_markdown
     from sweep.space import SearchSpace
-    from sweep.study import load_study
+    from sweep.study_loader import load_study
 
     study_path = faultlib.write_study(tmp_path / "exp.yaml", faultlib.command_study("exp-applied", trials=2, step_sleep=0))
     spec = load_study(study_path)

@@ -23,7 +23,6 @@ LAYER_ORDER = {"quant": 0, "objective": 1, "sweep": 2}
 # Import cycles that are known and still to be fixed (each by its own change). The test reports
 # them as expected failures; once one is gone it fails until the entry is removed here.
 KNOWN_CYCLES_TO_FIX: tuple[frozenset[str], ...] = (
-    frozenset({"sweep.study", "sweep.space"}),  # issue 9
     # Not listed in issue 9, found by this test: gsm8k.py imports Example from the package
     # __init__, whose load_task imports gsm8k back.
     frozenset({"objective.tasks", "objective.tasks.gsm8k"}),

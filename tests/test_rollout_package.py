@@ -49,3 +49,37 @@ def test_importing_the_package_loads_neither_vllm_nor_its_backend() -> None:
             "print(sorted(m for m in sys.modules if m == 'vllm' or m.endswith('vllm_backend')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_study_space_that_can_pick_linear_noise_on_vllm_is_refused() -> None:
+    import pytest
+
+    from objective.rollout.checks import check_noise_sites
+
+    check_noise_sites("hf", ["rmsnorm", "linear"], where="space.site")
+    check_noise_sites("vllm", ["rmsnorm"], where="space.site")
+    with pytest.raises(ValueError, match=r"^space\.site: 'linear' cannot run on rollout\.backend=vllm .*rollout\.backend=hf$"):
+        check_noise_sites("vllm", ["rmsnorm", "linear"], where="space.site")
+
+
+def test_the_qwen_study_only_searches_sites_its_backend_serves() -> None:
+    from objective.rollout.checks import check_noise_sites
+    from sweep.study_loader import load_study
+
+    spec = load_study(ROOT / "studies" / "qwen2.5-1.5b-mxfp4-w4a4.yaml")
+    backend = spec.objective.config.rollout.backend
+    assert backend == "vllm"
+    check_noise_sites(backend, spec.space.site, where="space.site")
+
+
+def test_vllm_that_breaks_at_import_on_a_cpu_torch_is_one_line(tmp_path: Path) -> None:
+    """A CPU torch 2.13.0+cpu satisfies torch==2.13.0 and then breaks vLLM at import."""
+    (tmp_path / "vllm").mkdir()
+    (tmp_path / "vllm" / "__init__.py").write_text("raise RuntimeError('undefined symbol: cudaGetDeviceCount')\n")
+    code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+            "import torch; torch.version.cuda = None\n"
+            "from objective.rollout.checks import require_vllm\n"
+            "try:\n    require_vllm()\nexcept ValueError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.startswith("rollout.backend: 'vllm' needs a CUDA build of torch, this one is ")
+    assert out.stdout.count("\n") == 1

@@ -12,14 +12,12 @@ import yaml
 from objective.config import TrialConfig
 from sweep.errors import UserError
 from sweep.overrides import apply_overrides, yaml_load
-from sweep.study import (
-    DEFAULT_SEED_NAMES,
+from sweep.preflight import preflight
+from sweep.study import DEFAULT_SEED_NAMES, BuiltinObjective
+from sweep.study_loader import load_study, resolve_storage
+from sweep.trainer_config_doc import (
     TRAINER_CONFIG_MARKER,
-    BuiltinObjective,
-    load_study,
-    preflight,
     parse_trainer_config,
-    resolve_storage,
     trainer_config_document,
 )
 

@@ -32,7 +32,8 @@ def hf_generate(
 ) -> Rollout:
     """Sample (temperature > 0) or decode greedily (temperature == 0) with a KV cache.
 
-    Position ids follow the attention mask so left padding does not shift positions.
+    Position ids follow the attention mask so left padding does not shift positions. The prefill
+    asks for the last position's logits only (transformers' `logits_to_keep`).
     """
     eos = tokenizer.eos_token_id
     pad = pad_token_id(tokenizer)
@@ -41,7 +42,9 @@ def hf_generate(
     ids, mask = ids.to(dev), mask.to(dev)
     bsz = ids.shape[0]
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    # logits_to_keep=1: the prefill needs the next-token logits of the last position only, not a
+    # (batch x prompt x vocabulary) tensor
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
     past = out.past_key_values
     logits = out.logits[:, -1, :].float()
     next_pos = pos[:, -1:] + 1
