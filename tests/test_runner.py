@@ -212,7 +212,7 @@ def test_run_and_status_commands(ray_local, tmp_path, monkeypatch, capsys):
            "--set", "seed_configs=[E13i-baseline, E13i-targeted]"]
     # bad input: one line, exit 2, nothing written (the shipped cwd is the user's verl checkout)
     assert main(["run", study, "--storage", url, *cpu]) == 2
-    from sweep.study import load_study
+    from sweep.study_loader import load_study
 
     checkout = tmp_path / "verl"
     checkout.mkdir()
