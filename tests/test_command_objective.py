@@ -328,6 +328,29 @@ def test_lost_overrides_are_named(lost: str, reason: str | None) -> None:
         assert result.status == "failed" and result.reason == reason.format(got=got, want=want)
 
 
+def test_check_counts_modules_and_pairs_lines() -> None:
+    """The Applied line's counts must fit the noised layers; an announced sigma needs its Applied line."""
+    from objective.command.applied import AppliedNoiseCheck
+
+    plan = NoisePlan(sigma_start=0.05, sigma_end=5e-4, num_stages=10, multipliers=(0.0,) * 10 + (1.0,) * 10 + (0.0,) * 8)
+    fork = fake_verl.Fork(fake_verl.parse_overrides(fork_overrides(plan)))
+    head = fork.apply_noise(6)[0]  # the real announcement at a sigma > 0 step
+    ok = AppliedNoiseCheck(plan)
+    assert ok.feed(head) is None and ok.feed("[AQN] Applied noise to 20 rmsnorm layers (skipped 37 excluded layers)") is None
+    assert ok.finish()[0]["modules_noised"] == 20
+    wrong = AppliedNoiseCheck(plan)
+    wrong.feed(head)
+    assert wrong.feed("[AQN] Applied noise to 57 rmsnorm layers (skipped 0 excluded layers)") == (
+        "noise requested on layers 10-19 (10 of 28) but the trainer noised 57 rmsnorm modules (skipped 0)")
+    silent = AppliedNoiseCheck(plan)
+    silent.feed(head)
+    verdict, reason = silent.finish()
+    assert verdict["verified"] is False
+    assert reason == "the trainer announced sigma 0.028117 at step 6 but printed no 'Applied noise' line for it"
+    stages = AppliedNoiseCheck(dataclasses.replace(plan, num_stages=5))
+    assert stages.feed(fork.enabled_line()) == "5 noise stages requested but the trainer's rollout got 10 (a sigma_trend of 9 values)"
+
+
 def test_rollout_level_key_crashes_the_fork_as_it_is() -> None:
     """RolloutConfig has no noise_injection_layer_sigma_config field: Hydra's instantiate raises."""
     spec = make_spec(extra_overrides=["++actor_rollout_ref.rollout.noise_injection_layer_sigma_config={enabled:true}"])

@@ -145,8 +145,9 @@ def test_to_command_values_feed_the_fork_overrides() -> None:
     assert values["target_layers"] == list(range(10, 20))
     overrides = build_overrides(spec.objective.command, values)
     assert "trainer.noise_injection.sigma_end=0.0005" in overrides
-    mult = next(o for o in overrides if o.startswith("++trainer.noise_injection.layer_multipliers="))
-    assert "9:0.0" in mult and "15:1.0" in mult
+    # the zone reaches the fork as target patterns; uniform inside it, so no layer_sigma_config
+    assert "trainer.noise_injection.target_modules=" + "[" + ",".join(f"'layers.{i}.'" for i in range(10, 20)) + "]" in overrides
+    assert not any("layer_sigma_config" in o for o in overrides)
     with pytest.raises(UserError):
         space.to_trial_config(params, seed=1)
 

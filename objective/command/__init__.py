@@ -6,7 +6,10 @@ One module a job:
 - `verl_fork`: the fork's Hydra vocabulary (its keys, and how a value is written for Hydra),
   shared with ``noisesweep export --format verl|hydra``;
 - `process_group`: the trial's process group, killed whatever happens, under `supervisor.py`;
+- `applied`: the fork's ``[AQN]`` lines checked against the trial's NoisePlan;
 - `trial`: `run_command_trial`, the read loop that turns the command's output into a TrialResult.
+
+docs/verl-fork.md says what the fork reads where and what the project sets.
 """
 
 from objective.command.process_group import group_alive, kill_all_groups, kill_group

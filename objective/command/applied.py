@@ -38,16 +38,13 @@ _SIGMA_REL_TOL = 1e-6
 
 def layers_text(layers: list[int]) -> str:
     """'10-19' / '0, 3, 5-7': the noised layers, short."""
-    runs: list[str] = []
-    start = prev = None
-    for i in layers + [None]:  # type: ignore[operator]
-        if i is not None and prev is not None and i == prev + 1:
-            prev = i
-            continue
-        if start is not None:
-            runs.append(str(start) if start == prev else f"{start}-{prev}")
-        start = prev = i
-    return ", ".join(runs)
+    runs: list[list[int]] = []
+    for i in layers:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
 @dataclass

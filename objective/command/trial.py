@@ -191,8 +191,8 @@ def run_command_trial(
         try:
             overrides = build_overrides(spec, values, workdir=workdir)
         except UnreachableNoise as exc:  # this trial's noise, not the spec: a failed trial, nothing started
-            applied = {"noise_keys": spec.noise_keys, "verified": False, "not_applied": str(exc)}
-            return TrialResult(status="failed", reason=str(exc), applied=applied, wall_time_s=time.monotonic() - started)
+            refused = {"noise_keys": spec.noise_keys, "verified": False, "not_applied": str(exc)}
+            return TrialResult(status="failed", reason=str(exc), applied=refused, wall_time_s=time.monotonic() - started)
         argv = command_argv(spec, overrides)
         jsonl_path = None
         follower = None
