@@ -177,6 +177,6 @@ def quiet_libraries() -> None:
 
 def tiny_study_spec(overrides: Sequence[str] = ()) -> Any:
     """The shipped tiny study (studies/tiny-mxfp4-w4a4.yaml), with --set style overrides."""
-    from sweep.study import load_study
+    from sweep.study_loader import load_study
 
     return load_study(ROOT / "studies" / "tiny-mxfp4-w4a4.yaml", overrides)

@@ -102,6 +102,7 @@ def _synthetic_rollout(n: int, prompt: int, response: int, vocab: int, seed: int
 
 def _step_child(args: dict[str, Any]) -> dict[str, Any]:
     """One Trainer.update at batch args['batch'] after a warm-up update; the peak RSS it added."""
+
     from objective.config import load_config
     from objective.trainer import Trainer
 

@@ -77,7 +77,7 @@ def run_arm(pruned: bool, cfg: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
     from sweep.budget import Budget
     from sweep.confirm import confirm_study
-    from sweep.export import open_record
+    from sweep.record import open_record
     from sweep.runner import plan_from_spec, run_sweep
 
     name = "pruned" if pruned else "unpruned"

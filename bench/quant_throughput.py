@@ -21,16 +21,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from quant import _fused  # noqa: E402
-from quant import formats as F  # noqa: E402
+from quant import fp4_compiled  # noqa: E402
+from quant.fp4_kernels import eager_fake_quantize  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 FORMATS = ("mxfp4", "nvfp4")
@@ -60,7 +60,7 @@ def torchao_fn(fmt: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
 
 def fused_fn(fmt: str) -> Callable[[torch.Tensor], torch.Tensor]:
     def run(x: torch.Tensor) -> torch.Tensor:
-        out = _fused.quantize(x, fmt)
+        out = fp4_compiled.quantize(x, fmt)
         if out is None:
             raise RuntimeError("fused path unavailable (compile failed or NOISESWEEP_COMPILE=0)")
         return out
@@ -98,7 +98,7 @@ def compile_times(fmt: str, size: int) -> dict[str, float]:
     """First-call seconds in a fresh process, with a cold then a warm private Inductor cache."""
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="noisesweep-inductor-") as cache:
-        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, _fused.ENV_VAR: "1"}
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, fp4_compiled.ENV_VAR: "1"}
         for label in ("cold", "warm"):
             cmd = [sys.executable, __file__, "--_child", fmt, "--size", str(size)]
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if args._child:
         compile_time_child(args._child, "fp32", args.size)
         return 0
-    os.environ[_fused.ENV_VAR] = "1"
+    os.environ[fp4_compiled.ENV_VAR] = "1"
 
     rows = []
     for fmt in FORMATS:
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             fns: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
                 "clone": torch.Tensor.clone,
                 "fused": fused_fn(fmt),
-                "eager": lambda t, f=fmt: F._eager(t, f),
+                "eager": lambda t, f=fmt: eager_fake_quantize(t, f),
             }
             ao = torchao_fn(fmt)
             if ao is not None:

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from quant.noise_plan import NoisePlan
+
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -131,6 +133,12 @@ class StepsCfg(_Section):
 
 
 class NoiseCfg(_Section):
+    """The trainer's view of a quant.noise_plan.NoisePlan plus when to apply it.
+
+    The fields mirror the plan's so a study file or `--set noise.sigma_start=...` can write
+    them; validation is the plan's own (`plan()` builds it), never a second copy of its rules.
+    """
+
     enabled: bool = False
     sigma_start: float = Field(0.05, ge=0)
     sigma_end: float = Field(0.0005, ge=0)
@@ -141,16 +149,35 @@ class NoiseCfg(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> NoiseCfg:
-        if self.sigma_end > self.sigma_start:
-            raise ValueError(
-                f"noise.sigma_end ({self.sigma_end}) > noise.sigma_start ({self.sigma_start}); "
-                "the schedule only decays"
-            )
-        if self.num_stages < 3:
-            raise ValueError(f"noise.num_stages must be >= 3 (stage 0 is noise-free), got {self.num_stages}")
-        if self.layer_multipliers is not None and any(m < 0 for m in self.layer_multipliers):
-            raise ValueError("noise.layer_multipliers: multipliers must be >= 0")
+        try:
+            self.plan()
+        except ValueError as exc:  # the plan's messages start with the field they name
+            text = str(exc)
+            raise ValueError("noise." + ("layer_" if text.startswith("multipliers") else "") + text) from None
         return self
+
+    def plan(self) -> NoisePlan:
+        """The NoisePlan these fields describe (whether or not noise is enabled)."""
+        return NoisePlan(
+            sigma_start=self.sigma_start,
+            sigma_end=self.sigma_end,
+            num_stages=self.num_stages,
+            site=self.site,
+            multipliers=None if self.layer_multipliers is None else tuple(self.layer_multipliers),
+        )
+
+    @classmethod
+    def from_plan(cls, plan: NoisePlan, *, apply_to: Literal["rollout", "both"] = "rollout") -> NoiseCfg:
+        """Noise switched on with `plan`'s values."""
+        return cls(
+            enabled=True,
+            sigma_start=plan.sigma_start,
+            sigma_end=plan.sigma_end,
+            num_stages=plan.num_stages,
+            site=plan.site,
+            apply_to=apply_to,
+            layer_multipliers=None if plan.multipliers is None else list(plan.multipliers),
+        )
 
 
 class RolloutCfg(_Section):

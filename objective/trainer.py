@@ -355,7 +355,7 @@ def _cat_rollouts(ros: list[Rollout], tokenizer: Any) -> Rollout:
 def sigma_schedule(cfg: TrialConfig) -> list[float]:
     """sigma for each update 1..total, from the run's real step count (0 when noise is off).
 
-    Step convention (decided): training step s (1-based) uses quant.noise.sigma_at(s - 1, total),
+    Step convention (decided): training step s (1-based) uses quant.noise_plan.sigma_at(s - 1, total),
     the schedule at the number of updates completed before its rollout, i.e. at the version of
     the policy that samples. This is what the team's fork does (recipe/dapo/dapo_ray_trainer.py
     calls update_noise_injection_step(current_step=global_steps) after step s's actor update, for
@@ -368,12 +368,8 @@ def sigma_schedule(cfg: TrialConfig) -> list[float]:
     n = cfg.noise
     if not n.enabled:
         return [0.0] * cfg.steps.total
-    from quant.noise import sigma_at
-
-    return [
-        float(sigma_at(s - 1, cfg.steps.total, n.sigma_start, n.sigma_end, n.num_stages))
-        for s in range(1, cfg.steps.total + 1)
-    ]
+    plan = n.plan()
+    return [plan.sigma_at(s - 1, cfg.steps.total) for s in range(1, cfg.steps.total + 1)]
 
 
 def _one_line(exc: BaseException) -> str:

@@ -14,8 +14,9 @@ _LAZY = {
     "QuantScheme": "quant.model",
     "quantize_model": "quant.model",
     "NoiseInjector": "quant.noise",
-    "sigma_at": "quant.noise",
-    "layer_multipliers": "quant.noise",
+    "NoisePlan": "quant.noise_plan",
+    "sigma_at": "quant.noise_plan",
+    "layer_multipliers": "quant.noise_plan",
 }
 
 __all__ = list(_LAZY)

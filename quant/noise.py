@@ -1,4 +1,7 @@
-"""AQN/RIN noise: QeRL's staged sigma schedule, per-layer multipliers, and the injector.
+"""AQN/RIN noise: the injector that puts a NoisePlan's noise into a model.
+
+The schedule (`sigma_at`) and the per-layer multipliers (`layer_multipliers`) live in
+quant/noise_plan.py, torch-free, beside the NoisePlan that every consumer reads.
 
 The injector adds Gaussian noise to a model for the rollout (and optionally the training) forward
 passes of one optimizer step, and takes it away again bit-exactly:
@@ -54,64 +57,11 @@ import torch
 from torch import nn
 
 from quant.model import find_decoder_layers, peft_tuner_classes
+from quant.noise_plan import SITES
 
 log = logging.getLogger("quant.noise")
 
-SITES = ("rmsnorm", "linear")
 APPLY_TO = ("rollout", "both")
-
-
-def sigma_at(step: int, total_steps: int, sigma_start: float, sigma_end: float, num_stages: int) -> float:
-    """QeRL's staged schedule: `num_stages` equal intervals of the real run length.
-
-    k = floor(min(step, total) / (total / num_stages)), capped at num_stages - 1, computed in
-    integers (min(step, total) * num_stages // total) so interval edges never wobble by float
-    rounding. k == 0 -> 0.0 (quantization noise only); k >= 1 ->
-    sigma_start * (sigma_end / sigma_start) ** ((k - 1) / (num_stages - 2)).
-    `total_steps` must be the run's real step count: a run cut short must still reach the last stage.
-    """
-    if num_stages < 3:
-        raise ValueError(f"num_stages must be >= 3 (interval 0 is noise-free), got {num_stages}")
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    for name, value in (("sigma_start", sigma_start), ("sigma_end", sigma_end)):
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    if sigma_start == 0 and sigma_end != 0:
-        raise ValueError("sigma_start is 0 but sigma_end is not: a geometric schedule cannot start at 0")
-    k = min(min(step, total_steps) * num_stages // total_steps, num_stages - 1)
-    if k == 0:
-        return 0.0
-    if sigma_start == sigma_end:
-        return float(sigma_start)
-    return float(sigma_start * (sigma_end / sigma_start) ** ((k - 1) / (num_stages - 2)))
-
-
-def layer_multipliers(errors: Sequence[float], zone_layers: set[int] | None, alpha: float) -> list[float]:
-    """m_l = (e_l / mean(e)) ** alpha inside the zones (None = every layer), 0.0 outside.
-
-    The mean runs over all layers, so a zone's multipliers do not depend on which zones are on.
-    """
-    errs = [float(e) for e in errors]
-    if not errs:
-        raise ValueError("layer_multipliers needs at least one per-layer error, got none")
-    bad = [i for i, e in enumerate(errs) if not math.isfinite(e) or e <= 0]
-    if bad:
-        raise ValueError(f"per-layer errors must be finite and > 0; bad layers: {bad}")
-    if not math.isfinite(alpha) or alpha < 0:
-        raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
-    n = len(errs)
-    if zone_layers is not None:
-        outside = sorted(i for i in zone_layers if not 0 <= int(i) < n)
-        if outside:
-            raise ValueError(f"zone layer indices {outside} out of range for {n} layers")
-        zone = {int(i) for i in zone_layers}
-    else:
-        zone = set(range(n))
-    mean = sum(errs) / n
-    return [(e / mean) ** alpha if i in zone else 0.0 for i, e in enumerate(errs)]
 
 
 def _norms(layer: nn.Module) -> list[nn.Module]:
@@ -134,9 +84,17 @@ def _projections(layer: nn.Module) -> list[nn.Module]:
     return found
 
 
+def _weight(module: nn.Module) -> torch.Tensor:
+    """A norm's weight as a Tensor (nn.Module's attribute type is Tensor | Module)."""
+    w = module.weight
+    assert isinstance(w, torch.Tensor)
+    return w
+
+
 def _out_features(module: nn.Module) -> int:
-    if isinstance(getattr(module, "out_features", None), int):
-        return module.out_features
+    out = getattr(module, "out_features", None)
+    if isinstance(out, int):
+        return out
     base = getattr(module, "base_layer", None)
     if base is not None:
         return _out_features(base)
@@ -226,7 +184,7 @@ class NoiseInjector:
             drawn_std, applied_std = self._draw(self._final, float(sigma) * self.multipliers[-1], gen)
             final = {"multiplier": self.multipliers[-1], "std": drawn_std, "std_applied": applied_std}
         self.step, self.sigma = int(step), float(sigma)
-        record = {
+        record: dict[str, Any] = {
             "step": int(step),
             "sigma": float(sigma),
             "site": self.site,
@@ -257,7 +215,7 @@ class NoiseInjector:
         drawn: list[torch.Tensor] = []
         landed: list[torch.Tensor] = []
         for module in modules:
-            shape = module.weight.shape if self.site == "rmsnorm" else (_out_features(module),)
+            shape = _weight(module).shape if self.site == "rmsnorm" else (_out_features(module),)
             # drawn on the CPU generator (same numbers on any device), then kept on the module's
             # device so switching the noise on costs no host-to-device copy per forward
             eps = torch.randn(shape, generator=gen, dtype=torch.float32)
@@ -266,8 +224,8 @@ class NoiseInjector:
                 self._noise[id(module)] = noise.to(_device_of(module))
                 drawn.append(noise.flatten())
                 if self.site == "rmsnorm":  # what survives rounding to the weight's dtype
-                    w = module.weight.detach().float().cpu()
-                    landed.append(((w + noise).to(module.weight.dtype).float() - w).flatten())
+                    w = _weight(module).detach().float().cpu()
+                    landed.append(((w + noise).to(_weight(module).dtype).float() - w).flatten())
                 else:
                     landed.append(noise.flatten())
         drawn_std = float(torch.cat(drawn).std(unbiased=False)) if drawn else 0.0
@@ -296,7 +254,7 @@ class NoiseInjector:
                     noise = self._noise.get(id(module))
                     if noise is None:
                         continue
-                    w = module.weight
+                    w = _weight(module)
                     self._clean[id(module)] = w.data.clone()
                     noisy = (w.data.float() + noise.to(w.device)).to(w.dtype)
                     w.data.copy_(noisy)
@@ -313,8 +271,8 @@ class NoiseInjector:
                     if clean is None:
                         continue
                     noisy = self._noisy.pop(id(module))
-                    w = module.weight
-                    changed = w.data != noisy
+                    w = _weight(module)
+                    changed = torch.ne(w.data, noisy)
                     if bool(changed.any()):  # an update made while noisy is kept
                         moved = (clean.float() + (w.data.float() - noisy.float())).to(clean.dtype)
                         clean = torch.where(changed, moved, clean)

@@ -31,14 +31,19 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from quant.noise_plan import PLAN_ATTR
+from sweep import optuna_private, racing
 from sweep.budget import DRIVER_DIED, Budget, ledger_of, trial_cost_hours
+
+if TYPE_CHECKING:
+    from sweep.progress import Progress
 
 # Keys the trainable puts in every Tune result (namespaced so they never clash with metrics).
 STEP_KEY = "step"
@@ -105,36 +110,37 @@ def fail_stale_trials(
     Liveness is optuna's heartbeat table (RDBStorage(heartbeat_interval, grace_period)): each
     live driver beats for its running trials from a thread (ask/tell never starts optuna's own
     beat, which lives inside `study.optimize`). A RUNNING trial is stale when its beat is older
-    than the grace period (judged with the database clock, so hosts' clocks do not matter), or
-    when it never beat and started longer ago than the grace period. Trials owned by
+    than the storage's grace period (judged with the database clock, so hosts' clocks do not
+    matter), or when it never beat and started longer ago than `grace_period_s`. Trials owned by
     `exclude_driver` (this driver's id) are never failed here. Returns their numbers.
     """
-    storage = study._storage
-    rdb = _rdb_of(storage)
+    storage = optuna_private.study_storage(study)
+    rdb = optuna_private.rdb_of(storage)
+    sid = optuna_private.study_id(study)
+    ages = optuna_private.running_heartbeat_ages(rdb, sid) if rdb is not None else {}
+    beat_grace = optuna_private.heartbeat_grace_s(rdb) if rdb is not None else None
     stale_ids: set[int] = set()
-    if rdb is not None and rdb.heartbeat_interval:
-        stale_ids.update(rdb._get_stale_trial_ids(study._study_id))
-    beating = _trials_with_heartbeat(rdb, study._study_id) if rdb is not None else set()
     now = time.time()
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in running:
+        tid = optuna_private.trial_id(study, t.number, sid=sid)
+        if exclude_driver is not None and (t.user_attrs.get(DRIVER_ATTR) or {}).get("id") == exclude_driver:
+            continue
         if _driver_gone(t):
-            stale_ids.add(t._trial_id)  # its driver ran here and has exited: no need to wait
-            continue
-        if t._trial_id in beating:
-            continue
-        started = t.datetime_start.timestamp() if t.datetime_start else 0.0
-        if now - started > grace_period_s:
-            stale_ids.add(t._trial_id)
-    if exclude_driver is not None:
-        mine = {t._trial_id for t in running if (t.user_attrs.get(DRIVER_ATTR) or {}).get("id") == exclude_driver}
-        stale_ids -= mine
+            stale_ids.add(tid)  # its driver ran here and has exited: no need to wait
+        elif tid in ages:
+            if beat_grace is not None and ages[tid] > beat_grace:
+                stale_ids.add(tid)
+        else:
+            started = t.datetime_start.timestamp() if t.datetime_start else 0.0
+            if now - started > grace_period_s:
+                stale_ids.add(tid)
     return fail_and_requeue(study, sorted(stale_ids))
 
 
 def fail_and_requeue(study: optuna.Study, trial_ids: list[int], reason: str = DRIVER_DIED) -> list[int]:
     """FAIL RUNNING trials (reason first, while still writable) and enqueue their params once."""
-    storage = study._storage
+    storage = optuna_private.study_storage(study)
     failed: list[optuna.trial.FrozenTrial] = []
     for trial_id in trial_ids:
         if not _set_attr_if_running(storage, trial_id, "fail_reason", reason):
@@ -188,25 +194,6 @@ def _driver_gone(trial: optuna.trial.FrozenTrial) -> bool:
         return False
 
 
-def _rdb_of(storage: Any) -> optuna.storages.RDBStorage | None:
-    """The RDBStorage behind a study's storage (optuna wraps it in a _CachedStorage)."""
-    storage = getattr(storage, "_backend", storage)
-    return storage if isinstance(storage, optuna.storages.RDBStorage) else None
-
-
-def _trials_with_heartbeat(storage: optuna.storages.RDBStorage, study_id: int) -> set[int]:
-    from optuna.storages._rdb import models
-
-    with storage.scoped_session() as session:
-        rows = (
-            session.query(models.TrialHeartbeatModel.trial_id)
-            .join(models.TrialModel, models.TrialModel.trial_id == models.TrialHeartbeatModel.trial_id)
-            .filter(models.TrialModel.study_id == study_id)
-            .all()
-        )
-    return {r[0] for r in rows}
-
-
 class _Heartbeat(threading.Thread):
     """Beats for this driver's RUNNING trials every `interval` seconds."""
 
@@ -243,9 +230,10 @@ class NoisesweepSearch(OptunaSearch):
         gpus_per_trial: float = 0.0,
         trial_seed: Callable[[int], int] | int = 0,
         scheduler_name: str = "the scheduler",
-        progress: Any = None,
+        progress: Progress | None = None,
         heartbeat_interval: float | None = None,
         grace_period: float | None = None,
+        racing_policy: racing.RacingPolicy | None = None,
     ) -> None:
         if not isinstance(storage, optuna.storages.BaseStorage):
             raise TypeError("NoisesweepSearch needs an optuna storage object, not a URL")
@@ -268,6 +256,7 @@ class NoisesweepSearch(OptunaSearch):
         self.cpus_per_trial = cpus_per_trial
         self.gpus_per_trial = gpus_per_trial
         self._trial_seed = trial_seed
+        self.racing = racing_policy
         self.scheduler_name = scheduler_name
         self.progress = progress
         self.driver = driver_identity()
@@ -275,6 +264,11 @@ class NoisesweepSearch(OptunaSearch):
         self._started: dict[str, float] = {}
         self._last: dict[str, dict[str, Any]] = {}
         self._running: set[str] = set()
+        self._plans: dict[str, dict[str, Any]] = {}  # trial_id -> the NoisePlan dict `space` returned
+        self.unprunable: set[str] = set()  # the racing incumbent's replicates: no scheduler may cut them
+        self._rdb = optuna_private.rdb_of(storage)
+        self._study_sid = optuna_private.study_id(self.study)
+        self._storage_ids: dict[int, int] = {}  # trial number -> storage trial id
         self.launched = 0
         self.finished_numbers: list[int] = []
         self.stop_reason: str | None = None
@@ -286,11 +280,11 @@ class NoisesweepSearch(OptunaSearch):
     # --- liveness -----------------------------------------------------------------------
     def beat(self) -> None:
         """Record a heartbeat for every trial this driver is running."""
-        storage = _rdb_of(self.study._storage)
+        storage = self._rdb
         if storage is None or not storage.heartbeat_interval:
             return
         with self._lock:
-            ids = [self._ot_trials[t]._trial_id for t in self._running if t in self._ot_trials]
+            ids = [self._storage_id(self._ot_trials[t].number) for t in self._running if t in self._ot_trials]
         for trial_id in ids:
             try:
                 storage.record_heartbeat(trial_id)
@@ -313,7 +307,7 @@ class NoisesweepSearch(OptunaSearch):
         if self._heartbeat is not None:
             self._heartbeat.stop_event.set()
         with self._lock:
-            left = [self._ot_trials[t]._trial_id for t in self._running
+            left = [self._storage_id(self._ot_trials[t].number) for t in self._running
                     if t in self._ot_trials and t not in self._completed_trials]
             self._running.clear()
         return fail_and_requeue(self.study, sorted(left)) if left else []
@@ -328,16 +322,46 @@ class NoisesweepSearch(OptunaSearch):
                 if refusal is not None:
                     self.stop_reason = refusal
                     return Searcher.FINISHED
+            if self.racing is not None:
+                self._enqueue_replicate()
             config = super().suggest(trial_id)
             ot_trial = self._ot_trials[trial_id]
-            seed = self._trial_seed(ot_trial.number) if callable(self._trial_seed) else int(self._trial_seed)
+            seed = self._seed_for(ot_trial)
+            if ot_trial.user_attrs.get(racing.RACING_ATTR) == "incumbent":
+                self.unprunable.add(trial_id)
             ot_trial.set_user_attr("seed", seed)  # owner + first beat: _suggest_from_define_by_run_func
+            plan = config.get(PLAN_ATTR)
+            if plan is not None:  # recorded at launch, so a RUNNING trial already shows its noise
+                self._plans[trial_id] = plan
+                ot_trial.set_user_attr(PLAN_ATTR, plan)
             self._started[trial_id] = time.time()
             self._running.add(trial_id)
             self.launched += 1
         if self.progress is not None:
             self.progress.started(ot_trial.number, dict(ot_trial.params))
         return {**config, SEED_KEY: seed}
+
+    def _seed_for(self, ot_trial: optuna.trial.Trial) -> int:
+        """An enqueued replicate's own seed; with racing every new config's first tuning seed
+        (common random numbers across configs); else the study's trial_seed."""
+        seed = ot_trial.user_attrs.get(racing.SEED_ATTR)
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            return seed
+        if self.racing is not None:
+            return self.racing.first_seed
+        return self._trial_seed(ot_trial.number) if callable(self._trial_seed) else int(self._trial_seed)
+
+    def _enqueue_replicate(self) -> None:
+        """Queue the evaluation the race asks for (sweep.racing); the ask that follows takes it."""
+        rep = racing.next_replicate(self.study.get_trials(deepcopy=False), self.racing, direction=self.direction)
+        if rep is None:
+            return
+        self.study.enqueue_trial(
+            rep.params,
+            user_attrs={racing.SEED_ATTR: rep.seed, racing.REPLICATE_ATTR: rep.replicate_of, racing.RACING_ATTR: rep.reason},
+        )
+        if self.progress is not None:
+            self.progress.note(f"racing: config of trial {rep.replicate_of} gets seed {rep.seed} ({rep.reason})")
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -425,16 +449,19 @@ class NoisesweepSearch(OptunaSearch):
         if metrics:
             attrs["metrics"] = json.loads(metrics)
         applied = json.loads(result[APPLIED_KEY]) if result.get(APPLIED_KEY) else {}
+        plan = self._plans.get(trial_id, {})
         multipliers = applied.get("multipliers")
         if multipliers is None:
-            multipliers = self._config_value(trial_id, "multipliers")
+            multipliers = plan.get("multipliers")
         if multipliers is not None:
             attrs["multipliers"] = list(multipliers)
-        sigma_end = applied.get("sigma_end", self._config_value(trial_id, "sigma_end"))
+        sigma_end = applied.get("sigma_end", plan.get("sigma_end"))
         if sigma_end is not None:
             attrs["sigma_end"] = sigma_end
         if applied:
             attrs["applied"] = applied
+            if "verified" in applied:  # a flat attr: a column the dashboard's trial table can sort and filter
+                attrs["applied_verified"] = bool(applied["verified"])
 
         if result.get(FINAL_KEY):
             status = result.get(STATUS_KEY)
@@ -457,26 +484,20 @@ class NoisesweepSearch(OptunaSearch):
         step = last.get("step")
         return TrialState.PRUNED, None, f"pruned at step {step} by {self.scheduler_name}", attrs
 
-    def _config_value(self, trial_id: str, key: str) -> Any:
-        ot_trial = self._ot_trials.get(trial_id)
-        captured = getattr(self, "_derived", {}).get(trial_id, {})
-        return captured.get(key) if ot_trial is not None else None
-
     def _suggest_from_define_by_run_func(self, func: Callable, ot_trial: Any) -> dict:
         # Claim the trial right after `ask`, before sampling (many storage round trips): a
         # driver killed while sampling must not leave an ownerless, beat-less RUNNING trial
         # that a resumed run cannot tell from a live one.
         ot_trial.set_user_attr(DRIVER_ATTR, self.driver)
-        rdb = _rdb_of(self.study._storage)
-        if rdb is not None and rdb.heartbeat_interval:
-            rdb.record_heartbeat(ot_trial._trial_id)
-        config = super()._suggest_from_define_by_run_func(func, ot_trial)
-        derived = {k: v for k, v in config.items() if k not in ot_trial.params}
-        self.__dict__.setdefault("_derived", {})
-        for tid, t in self._ot_trials.items():
-            if t is ot_trial:
-                self._derived[tid] = derived
-        return config
+        if self._rdb is not None and self._rdb.heartbeat_interval:
+            self._rdb.record_heartbeat(self._storage_id(ot_trial.number))
+        return super()._suggest_from_define_by_run_func(func, ot_trial)
+
+    def _storage_id(self, number: int) -> int:
+        """The storage id of our trial `number`, looked up once (public API; see optuna_private)."""
+        if number not in self._storage_ids:
+            self._storage_ids[number] = optuna_private.trial_id(self.study, number, sid=self._study_sid)
+        return self._storage_ids[number]
 
     # --- checkpoints: correction 8 ----------------------------------------------------------
     def save(self, checkpoint_path: str) -> None:
@@ -488,7 +509,7 @@ class NoisesweepSearch(OptunaSearch):
     def restore(self, checkpoint_path: str) -> None:
         raise RuntimeError("noisesweep never restores a searcher; it resumes from the study")
 
-    _UNPICKLED = ("_storage", "_ot_study", "study", "_ot_trials", "_heartbeat", "_lock", "progress")
+    _UNPICKLED = ("_storage", "_rdb", "_ot_study", "study", "_ot_trials", "_heartbeat", "_lock", "progress")
 
     def __getstate__(self) -> dict[str, Any]:
         """Ray pickles the search algorithm into tuner.pkl: leave the storage (and URL) out."""

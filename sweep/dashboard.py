@@ -26,8 +26,11 @@ from typing import Any
 import optuna
 import sqlalchemy
 
+from sweep import optuna_private
+from sweep.best import best_result
+from sweep.best_text import applied_text, ci_text
 from sweep.errors import UserError
-from sweep.export import StudyRecord, _attach_spec, best_result, ci_text
+from sweep.record import StudyRecord, attach_spec
 from sweep.secrets import mask_url
 
 PROFILE_JSON = "srdd_profile.json"
@@ -86,6 +89,8 @@ def note_text(record: StudyRecord) -> str:
             + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
         )
         L.append("")
+        L.append(f"Applied noise: {applied_text(best.trial.user_attrs.get('applied'))}")
+        L.append("")
     except UserError:
         pass
     if record.profile is not None:
@@ -109,7 +114,7 @@ def _runs(layers: list[int]) -> str:
 def _current_note(study: optuna.Study) -> str | None:
     from optuna_dashboard._note import get_note_from_system_attrs
 
-    attrs = study._storage.get_study_system_attrs(study._study_id)
+    attrs = optuna_private.study_storage(study).get_study_system_attrs(optuna_private.study_id(study))
     note = get_note_from_system_attrs(attrs, None)
     return note.get("body") if note else None
 
@@ -120,7 +125,7 @@ def _upload_once(record: StudyRecord, store: Any, filename: str, data: bytes) ->
     from optuna.artifacts.exceptions import ArtifactNotFound
 
     study = record.study
-    storage = study._storage
+    storage = optuna_private.study_storage(study)
     existing = [m for m in get_all_artifact_meta(study) if m.filename == filename]
     digest = hashlib.sha256(data).hexdigest()
     for meta in existing:
@@ -135,7 +140,7 @@ def _upload_once(record: StudyRecord, store: Any, filename: str, data: bytes) ->
         path.write_bytes(data)
         upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
     for meta in existing:  # the stale copies: cleared as optuna-dashboard's delete does
-        storage.set_study_system_attr(study._study_id, ARTIFACTS_PREFIX + meta.artifact_id, json.dumps(None))
+        storage.set_study_system_attr(optuna_private.study_id(study), ARTIFACTS_PREFIX + meta.artifact_id, json.dumps(None))
         try:
             store.remove(meta.artifact_id)
         except ArtifactNotFound:  # already gone: nothing to clean up
@@ -171,7 +176,7 @@ def prepare(storage: Any, url: str, artifact_dir: str | Path) -> tuple[list[str]
         if "noisesweep_spec" not in attrs and "srdd_profile" not in attrs:
             continue
         record = StudyRecord(study=study, storage_url=url)
-        _attach_spec(record, None)
+        attach_spec(record, None)
         text = note_text(record)
         note_state = "note kept"
         if _current_note(study) != text:
@@ -193,14 +198,13 @@ def serve(url: str, *, host: str, port: int, artifact_dir: str | Path | None = N
 
     from optuna_dashboard import run_server
 
+    from sweep.record import require_sqlite_file
     from sweep.storage import open_storage
-
-    from sweep.export import _require_sqlite_file
 
     stream = stream if stream is not None else sys.stderr
     if not 0 < port < 65536:  # checked before the notes and artifacts are written
         raise UserError(f"--port: must be 1-65535 (got {port})")
-    _require_sqlite_file(url)  # a mistyped path must not leave an empty database behind
+    require_sqlite_file(url)  # a mistyped path must not leave an empty database behind
     storage = open_storage(url)
     art_dir = Path(artifact_dir) if artifact_dir else default_artifact_dir(url)
     lines, store = prepare(storage, url, art_dir)

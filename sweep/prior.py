@@ -29,6 +29,8 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from sweep import optuna_private
+
 PRIOR_ATTR = "prior_sampled"
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -75,7 +77,9 @@ class PriorGuidedSampler(BaseSampler):
             n = len(study.get_trials(deepcopy=False, states=_FINISHED))
             use = bool(self._rng(trial.number, "decide").random_sample() < self.prior_probability(n))
         self._decisions[trial.number] = use
-        study._storage.set_trial_system_attr(trial._trial_id, PRIOR_ATTR, use)
+        # no public setter for a trial's system attrs in optuna 5 (see sweep.optuna_private)
+        storage = optuna_private.study_storage(study)
+        storage.set_trial_system_attr(optuna_private.trial_id(study, trial.number), PRIOR_ATTR, use)
 
     def after_trial(
         self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None

@@ -24,16 +24,11 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from sweep import hypotheses  # noqa: E402
+from sweep.atomic import write_atomic, write_text_atomic  # noqa: E402
+from sweep.best import best_result, count_states  # noqa: E402
+from sweep.best_text import applied_text, ci_text  # noqa: E402
 from sweep.errors import UserError  # noqa: E402
-from sweep.export import (  # noqa: E402
-    StudyRecord,
-    _finite,
-    best_result,
-    ci_text,
-    count_states,
-    write_atomic,
-    write_text_atomic,
-)
+from sweep.record import StudyRecord, finite_number  # noqa: E402
 
 PLOTS = ("history.png", "intermediate.png", "importances.png", "parallel.png", "profile.png")
 ZONE_COLORS = {"high": "#d62728", "medium": "#ff7f0e", "low": "#2ca02c"}
@@ -75,7 +70,7 @@ def plot_history(record: StudyRecord, path: Path) -> None:
             if t.state.name != state:
                 continue
             v = t.value if state == "COMPLETE" else (t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None)
-            if _finite(v):
+            if finite_number(v):
                 pts.append((t.number, v))
         if pts:
             label = {"COMPLETE": "complete", "PRUNED": "pruned (last reported)", "FAIL": "failed (last reported)"}[state]
@@ -90,17 +85,17 @@ def plot_history(record: StudyRecord, path: Path) -> None:
         ax.step(xs, ys, where="post", color="#2ca02c", lw=1.8, label="best so far")
     first = True
     for key, entry in record.confirmations.items():
-        if not isinstance(entry, dict) or not _finite(entry.get("mean")) or not str(key).isdigit():
+        if not isinstance(entry, dict) or not finite_number(entry.get("mean")) or not str(key).isdigit():
             continue  # a hand-edited or foreign entry: not a trial number with a mean
         n = int(key)
         lo, hi = entry.get("ci_low"), entry.get("ci_high")
-        yerr = [[entry["mean"] - lo], [hi - entry["mean"]]] if _finite(lo) and _finite(hi) else None
+        yerr = [[entry["mean"] - lo], [hi - entry["mean"]]] if finite_number(lo) and finite_number(hi) else None
         ax.errorbar([n + 0.25], [entry["mean"]], yerr=yerr, fmt="D", color="#9467bd", capsize=4,
                     label="confirmed mean (95% CI)" if first else None)
         first = False
     ys_all = [v for t in trials for v in ([t.value] if t.state == TrialState.COMPLETE else [])]
-    ys_all += [e["mean"] for e in record.confirmations.values() if isinstance(e, dict) and _finite(e.get("mean"))]
-    ys_all = [v for v in ys_all if _finite(v)]
+    ys_all += [e["mean"] for e in record.confirmations.values() if isinstance(e, dict) and finite_number(e.get("mean"))]
+    ys_all = [v for v in ys_all if finite_number(v)]
     if ys_all:  # whiskers of a 2-seed interval can span +-3: clip them rather than flatten the points
         lo, hi = min(ys_all + [c.get_offsets()[:, 1].min() for c in ax.collections if len(c.get_offsets())]), max(
             ys_all + [c.get_offsets()[:, 1].max() for c in ax.collections if len(c.get_offsets())])
@@ -126,7 +121,7 @@ def plot_intermediate(record: StudyRecord, path: Path, best_number: int | None =
         return
     cmap = plt.get_cmap("viridis")
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    finals = [t.value for t in complete if _finite(t.value)]
+    finals = [t.value for t in complete if finite_number(t.value)]
     lo, hi = (min(finals), max(finals)) if finals else (0.0, 1.0)
     labelled: set[str] = set()
     for t in sorted(trials, key=lambda t: t.number):
@@ -134,7 +129,7 @@ def plot_intermediate(record: StudyRecord, path: Path, best_number: int | None =
         vals = [t.intermediate_values[s] for s in steps]
         state = t.state.name
         if state == "COMPLETE":
-            frac = 0.5 if hi == lo or not _finite(t.value) else (t.value - lo) / (hi - lo)  # type: ignore[operator]
+            frac = 0.5 if hi == lo or not finite_number(t.value) else (t.value - lo) / (hi - lo)  # type: ignore[operator]
             kw = dict(color=cmap(0.15 + 0.8 * frac), lw=1.8, ls="-", marker="o", ms=3.5, alpha=0.9)
             label = "complete (colour: final value)"
         elif state == "PRUNED":
@@ -196,7 +191,6 @@ def plot_importances(record: StudyRecord, path: Path) -> str | None:
 
 def plot_parallel(record: StudyRecord, path: Path) -> str | None:
     """parallel.png of the COMPLETE trials; returns a note (and draws it) when it cannot be made."""
-    import optuna
     from optuna.visualization.matplotlib import plot_parallel_coordinate
 
     complete = record.complete_trials()
@@ -339,6 +333,8 @@ def summary_markdown(record: StudyRecord, best: Any, notes: dict[str, str | None
                  + (ci_text(best.confirmation) or "unconfirmed") + ".")
         L.append("")
         L.append(f"Params: {_fmt_params(best.params)}; sigma_end = {best.sigma_end:.4g}.")
+        L.append("")
+        L.append(f"Applied noise: {applied_text(best.trial.user_attrs.get('applied'))}.")
         if best.multipliers is not None:
             L.append("")
             L.append("Multipliers per layer: " + ", ".join(f"{m:.2f}" for m in best.multipliers))
@@ -354,9 +350,9 @@ def summary_markdown(record: StudyRecord, best: Any, notes: dict[str, str | None
         for key in sorted(conf, key=lambda k: int(k) if k.isdigit() else 0):
             e = conf[key] if isinstance(conf[key], dict) else {}
             t = next((t for t in record.trials() if str(t.number) == key), None)
-            run = f"{t.value:.4f}" if t is not None and _finite(t.value) else "-"
-            ci = f"[{e['ci_low']:.4f}, {e['ci_high']:.4f}]" if _finite(e.get("ci_low")) and _finite(e.get("ci_high")) else "no interval"
-            mean = f"{e['mean']:.4f}" if _finite(e.get("mean")) else "-"
+            run = f"{t.value:.4f}" if t is not None and finite_number(t.value) else "-"
+            ci = f"[{e['ci_low']:.4f}, {e['ci_high']:.4f}]" if finite_number(e.get("ci_low")) and finite_number(e.get("ci_high")) else "no interval"
+            mean = f"{e['mean']:.4f}" if finite_number(e.get("mean")) else "-"
             vals = ", ".join(f"{v:.4f}" for v in e.get("values", []) or [])
             L.append(f"| {key} | {run} | {mean} | {ci} | {len(e.get('values', []) or [])} | {vals} |")
         L.append("")

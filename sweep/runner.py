@@ -9,30 +9,37 @@ itself: heartbeats mark which RUNNING trials are alive, the ledger is recomputed
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
 import tempfile
 import time
-import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
 
 from objective.result import StopTrial, TrialResult
+from quant.noise_plan import PLAN_ATTR, NoisePlan
 from sweep import bridge
 from sweep.budget import Budget, ledger_of
-from sweep.progress import Progress, ProgressCallback
+from sweep.racing import RacingPolicy
 from sweep.errors import UserError
+from sweep.progress import Progress, ProgressCallback
 from sweep.secrets import mask_url
 from sweep.storage import open_storage, study_lock
 
-# objective_fn(config, report) -> TrialResult; config = suggested params + derived values
+if TYPE_CHECKING:
+    from objective.command import CommandSpec
+    from sweep.space import SearchSpace
+    from sweep.study import StudySpec
+
+# objective_fn(config, report) -> TrialResult; config = suggested params + {PLAN_ATTR: NoisePlan dict}
 # + bridge.SEED_KEY; report(step, metrics) after each validation.
 ObjectiveFn = Callable[[dict[str, Any], Callable[[int, dict[str, float]], None]], TrialResult]
 
@@ -77,6 +84,7 @@ class SweepPlan:
     max_concurrent: int = 1
     sampler: optuna.samplers.BaseSampler | None = None
     trial_seed: int = 0
+    racing: RacingPolicy | None = None  # None: one seed per config (plain Optuna)
     study_attrs: dict[str, Any] = field(default_factory=dict)
     set_torch_threads: bool = True
 
@@ -170,13 +178,15 @@ class _FinalStepASHA:
     """
 
     @staticmethod
-    def build(pruning: PruningPlan, direction: str) -> Any:
+    def build(pruning: PruningPlan, direction: str, protect: Callable[[str], bool] | None = None) -> Any:
         from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
         class FinalStepASHA(ASHAScheduler):
             def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
                 step = result.get(bridge.STEP_KEY, 0)
                 if result.get(bridge.FINAL_KEY) or step >= pruning.final_step:
+                    return TrialScheduler.CONTINUE
+                if protect is not None and protect(trial.trial_id):
                     return TrialScheduler.CONTINUE
                 action = super().on_trial_result(tune_controller, trial, result)
                 if action == TrialScheduler.STOP:
@@ -203,19 +213,27 @@ class _FinalStepASHA:
         return scheduler
 
 
-def build_scheduler(pruning: PruningPlan, direction: str) -> tuple[Any, str]:
-    """ASHA or a median rule on the validation steps; FIFO when pruning is off."""
+def build_scheduler(
+    pruning: PruningPlan, direction: str, *, protect: Callable[[str], bool] | None = None
+) -> tuple[Any, str]:
+    """ASHA or a median rule on the validation steps; FIFO when pruning is off.
+
+    `protect(trial_id)` names trials no rule may stop: the racing incumbent's replicates (a
+    noisy rung value must not cut the evidence the answer rests on).
+    """
     from ray.tune.schedulers import FIFOScheduler, MedianStoppingRule, TrialScheduler
 
     if not pruning.enabled:
         return FIFOScheduler(), "nothing"
     if pruning.kind == "asha":
-        return _FinalStepASHA.build(pruning, direction), "ASHA"
+        return _FinalStepASHA.build(pruning, direction, protect), "ASHA"
     if pruning.kind == "median":
 
         class FinalStepMedian(MedianStoppingRule):
             def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
                 if result.get(bridge.FINAL_KEY) or result.get(bridge.STEP_KEY, 0) >= pruning.final_step:
+                    return TrialScheduler.CONTINUE
+                if protect is not None and protect(trial.trial_id):
                     return TrialScheduler.CONTINUE
                 return super().on_trial_result(tune_controller, trial, result)
 
@@ -320,7 +338,9 @@ def run_sweep(
         f"{ledger.compute_hours:.4f} compute-hours spent"
     )
     refusal = budget.launch_refusal(ledger)
-    scheduler, scheduler_name = build_scheduler(plan.pruning, plan.direction)
+    scheduler, scheduler_name = build_scheduler(
+        plan.pruning, plan.direction, protect=lambda trial_id: trial_id in searcher.unprunable
+    )
     searcher = bridge.NoisesweepSearch(
         plan.space,
         storage=storage,
@@ -336,6 +356,7 @@ def run_sweep(
         progress=progress,
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
+        racing_policy=plan.racing,
     )
     out_dir = Path(results_dir) if results_dir else default_results_dir(plan.study_name)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -406,37 +427,36 @@ def run_sweep(
     )
 
 
-def _params_of(config: dict[str, Any]) -> dict[str, Any]:
-    from sweep.space import PARAM_NAMES
+def _plan_of(config: dict[str, Any]) -> NoisePlan:
+    """The trial's NoisePlan, as SearchSpace.define put it into Ray's config."""
+    return NoisePlan.from_dict(config[PLAN_ATTR])
 
-    return {k: config[k] for k in PARAM_NAMES if k in config}
 
-
-def builtin_objective(space: Any) -> ObjectiveFn:
+def builtin_objective(space: SearchSpace) -> ObjectiveFn:
     """The built-in trainer as an objective_fn (runs in a Ray worker)."""
 
     def objective_fn(config: dict[str, Any], report: Callable[[int, dict[str, float]], None]) -> TrialResult:
         from objective import run_trial
 
-        trial_config = space.to_trial_config(_params_of(config), seed=int(config[bridge.SEED_KEY]))
+        trial_config = space.to_trial_config(_plan_of(config), seed=int(config[bridge.SEED_KEY]))
         return run_trial(trial_config, report)
 
     return objective_fn
 
 
-def command_objective(space: Any, command: Any) -> ObjectiveFn:
+def command_objective(space: SearchSpace, command: CommandSpec) -> ObjectiveFn:
     """The user's command (objective.command) as an objective_fn (runs in a Ray worker)."""
 
     def objective_fn(config: dict[str, Any], report: Callable[[int, dict[str, float]], None]) -> TrialResult:
         from objective.command import run_command_trial
 
-        values = space.to_command_values(_params_of(config), seed=int(config[bridge.SEED_KEY]))
-        return run_command_trial(command, values, report, timeout_s=getattr(command, "timeout_s", None))
+        values = space.to_command_values(_plan_of(config), seed=int(config[bridge.SEED_KEY]))
+        return run_command_trial(command, values, report, timeout_s=command.timeout_s)
 
     return objective_fn
 
 
-def plan_from_spec(spec: Any, *, objective_fn: ObjectiveFn | None = None) -> SweepPlan:
+def plan_from_spec(spec: StudySpec, *, objective_fn: ObjectiveFn | None = None) -> SweepPlan:
     """Turn a validated StudySpec into a SweepPlan; nothing here holds the storage URL."""
     from sweep.space import SearchSpace
     from sweep.study import BuiltinObjective
@@ -462,12 +482,8 @@ def plan_from_spec(spec: Any, *, objective_fn: ObjectiveFn | None = None) -> Swe
         grace_step=p.grace_step,
         reduction_factor=p.reduction_factor,
         final_step=final_step,
-        min_samples=int(getattr(p, "min_samples", 3)),
     )
-    profile_json = profile.to_json() if hasattr(profile, "to_json") else None
-    attrs: dict[str, Any] = {"noisesweep_spec": spec.to_record()}
-    if profile_json:
-        attrs["srdd_profile"] = json.loads(profile_json)
+    attrs: dict[str, Any] = {"noisesweep_spec": spec.to_record(), "srdd_profile": json.loads(profile.to_json())}
     return SweepPlan(
         study_name=spec.name,
         space=space.define,
@@ -482,6 +498,7 @@ def plan_from_spec(spec: Any, *, objective_fn: ObjectiveFn | None = None) -> Swe
         max_concurrent=spec.resources.max_concurrent,
         sampler=space.make_sampler(spec.sampler.seed),
         trial_seed=spec.trial_seed,
+        racing=spec.racing.policy(first_seed=spec.trial_seed),
         study_attrs=attrs,
         set_torch_threads=is_builtin,
     )

@@ -3,8 +3,9 @@
 Trial params (names fixed by docs/CONTRACTS.md): `sigma_start` (log), `sigma_ratio` (log, in
 (0, 1]; sigma_end = sigma_start * sigma_ratio, so the schedule never grows), `num_stages`
 (int >= 3), `zones` (`all` or profile zone names joined by `+`), `alpha` (>= 0) and, when
-more than one site is searched, `site`. Derived values (sigma_end, the per-layer multipliers)
-are returned by `define` as constants and belong in user_attrs, not params.
+more than one site is searched, `site`. `plan(params)` turns params into the trial's
+quant.noise_plan.NoisePlan (sigma_end, per-layer multipliers), built and validated once; `define`
+returns it under PLAN_ATTR as a constant of Ray's trial config, and it lands in user_attrs.
 
 Zones `auto`: the profile's zones ranked by mean error, worst first, taken cumulatively
 (worst, worst+next, ...) plus `all`: the seeds' "targeted" and "global" choices and the
@@ -16,14 +17,18 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from objective.config import TrialConfig
+from objective.config import NoiseCfg, TrialConfig
+from quant.noise_plan import PLAN_ATTR, NoisePlan
 from sweep.errors import UserError
 from sweep.study import BuiltinObjective, CommandObjective, SeedConfig, StudySpec
+
+if TYPE_CHECKING:
+    from quant.srdd import SrddProfile
 
 PARAM_NAMES = ("sigma_start", "sigma_ratio", "num_stages", "zones", "alpha", "site")
 
@@ -70,7 +75,7 @@ def _number(value: Any, where: str) -> float:
 class SearchSpace:
     """A study's search space over one SRDD profile (see the module docstring)."""
 
-    def __init__(self, spec: StudySpec, profile: Any) -> None:
+    def __init__(self, spec: StudySpec, profile: SrddProfile) -> None:
         self.spec = spec
         self.profile = profile
         self.errors: list[float] = list(profile.errors())
@@ -94,7 +99,7 @@ class SearchSpace:
         self._seeds = self._fit_seeds(spec.seed_config_list())
 
     @classmethod
-    def from_spec(cls, spec: StudySpec, profile: Any | None = None) -> SearchSpace:
+    def from_spec(cls, spec: StudySpec, profile: SrddProfile | None = None) -> SearchSpace:
         """Build the space from a validated spec and its profile (default: the spec's own)."""
         return cls(spec, profile if profile is not None else spec.srdd_profile)
 
@@ -233,26 +238,35 @@ class SearchSpace:
         seed = cfg.seed if seed is None else seed
         if cfg.kind == "random":
             return optuna.samplers.RandomSampler(seed=seed)
+        base: optuna.samplers.BaseSampler
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            tpe = optuna.samplers.TPESampler(
-                multivariate=True,
-                group=True,
-                constant_liar=True,
-                seed=seed,
-                n_startup_trials=cfg.n_startup_trials,
-            )
-        if cfg.kind == "tpe":
-            return tpe
+            if cfg.kind in ("gp", "gp-prior"):
+                # Optuna's GP with a learned noise variance (deterministic_objective=False): replicates
+                # of one config are pooled as noisy observations of one value, not trusted one by one.
+                base = optuna.samplers.GPSampler(
+                    seed=seed, n_startup_trials=cfg.n_startup_trials, deterministic_objective=False,
+                    warn_independent_sampling=False,
+                )
+            else:
+                base = optuna.samplers.TPESampler(
+                    multivariate=True,
+                    group=True,
+                    constant_liar=True,
+                    seed=seed,
+                    n_startup_trials=cfg.n_startup_trials,
+                )
+        if cfg.kind in ("tpe", "gp"):
+            return base
         from sweep.prior import PriorGuidedSampler
 
         return PriorGuidedSampler(
-            tpe, self.prior_params(), prior_scale=cfg.prior_scale, weight=cfg.prior_weight, seed=seed
+            base, self.prior_params(), prior_scale=cfg.prior_scale, weight=cfg.prior_weight, seed=seed
         )
 
     # ------------------------------------------------------------------ trials
     def define(self, trial: optuna.trial.Trial) -> dict[str, Any]:
-        """Define-by-run space for Ray's OptunaSearch: suggest the params, return derived constants."""
+        """Define-by-run space for Ray's OptunaSearch: suggest the params, return {PLAN_ATTR: plan dict}."""
         d = self.distributions
         params: dict[str, Any] = {
             "sigma_start": trial.suggest_float("sigma_start", d["sigma_start"].low, d["sigma_start"].high, log=True),
@@ -263,7 +277,7 @@ class SearchSpace:
         }
         if "site" in d:
             params["site"] = trial.suggest_categorical("site", self.sites)
-        return self.derived(params)
+        return {PLAN_ATTR: self.plan(params).to_dict()}
 
     def normalize(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Complete and check a params dict (also accepts sigma_end instead of sigma_ratio).
@@ -293,71 +307,66 @@ class SearchSpace:
             raise UserError(f"params: sigma_ratio must be in (0, 1] (got {out['sigma_ratio']}); sigma_end <= sigma_start")
         if out["alpha"] < 0:
             raise UserError(f"params: alpha must be >= 0 (got {out['alpha']})")
-        if not isinstance(out["num_stages"], int) or isinstance(out["num_stages"], bool) or out["num_stages"] < 3:
-            raise UserError(f"params: num_stages must be an integer >= 3 (got {out['num_stages']!r})")
         if out["site"] not in ("rmsnorm", "linear"):
             raise UserError(f"params: site must be rmsnorm or linear (got {out['site']!r})")
         self.zone_layers(str(out["zones"]))  # raises for an unknown zone
-        try:  # a huge alpha overflows (e_l / mean) ** alpha
-            multipliers = self.derived(out)["multipliers"]
-        except (OverflowError, ValueError) as exc:
-            raise UserError(f"params: alpha {out['alpha']:g} gives no usable multipliers ({exc})") from None
-        if not all(math.isfinite(m) for m in multipliers):
-            raise UserError(f"params: alpha {out['alpha']:g} gives non-finite multipliers")
+        try:
+            self.plan(out)
+        except ValueError as exc:
+            raise UserError(f"params: {exc}") from None
         return out
 
-    def derived(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """sigma_end and the per-layer multipliers (0 outside the zones) of a params dict."""
-        from quant.noise import layer_multipliers
+    def plan(self, params: Mapping[str, Any]) -> NoisePlan:
+        """The NoisePlan of a params dict: zones resolved on the profile, multipliers from alpha.
 
-        sigma_end = float(params["sigma_start"]) * float(params["sigma_ratio"])
-        multipliers = layer_multipliers(self.errors, self.zone_layers(str(params["zones"])), float(params["alpha"]))
-        return {"sigma_end": sigma_end, "multipliers": [float(m) for m in multipliers]}
+        The one place params become noise; ValueError (one line) for a config no trial can run.
+        """
+        zones = str(params["zones"])
+        return NoisePlan.build(
+            sigma_start=params["sigma_start"],
+            sigma_ratio=params["sigma_ratio"],
+            num_stages=params["num_stages"],
+            zones=zones,
+            zone_layers=self.zone_layers(zones),
+            alpha=float(params["alpha"]),
+            errors=self.errors,
+            site=params.get("site", self.sites[0]),
+        )
 
-    def to_trial_config(self, params: Mapping[str, Any], *, seed: int) -> TrialConfig:
-        """The builtin objective's fixed config with the noise section from `params`."""
+    def _plan_of(self, plan_or_params: NoisePlan | Mapping[str, Any]) -> NoisePlan:
+        return plan_or_params if isinstance(plan_or_params, NoisePlan) else self.plan(plan_or_params)
+
+    def to_trial_config(self, plan_or_params: NoisePlan | Mapping[str, Any], *, seed: int) -> TrialConfig:
+        """The builtin objective's fixed config with its noise section from the plan (or params)."""
         obj = self.spec.objective
         if not isinstance(obj, BuiltinObjective):
             raise UserError("to_trial_config: the study's objective is a command; use to_command_values")
-        p = {**params}
-        p.setdefault("site", self.sites[0])
-        derived = self.derived(p)
-        data = obj.config.model_dump()
-        data["seed"] = int(seed)
-        data["noise"].update(
-            enabled=True,
-            sigma_start=float(p["sigma_start"]),
-            sigma_end=derived["sigma_end"],
-            num_stages=int(p["num_stages"]),
-            site=p["site"],
-            layer_multipliers=derived["multipliers"],
+        plan = self._plan_of(plan_or_params)
+        return obj.config.model_copy(
+            update={"seed": int(seed), "noise": NoiseCfg.from_plan(plan, apply_to=obj.config.noise.apply_to)}
         )
-        return TrialConfig.model_validate(data)
 
-    def to_command_values(self, params: Mapping[str, Any], *, seed: int) -> dict[str, Any]:
+    def to_command_values(self, plan_or_params: NoisePlan | Mapping[str, Any], *, seed: int) -> dict[str, Any]:
         """Values a command objective maps to its overrides (names as in `param_map`).
 
-        Besides the params: `sigma_end`, `multipliers` (list), `layer_multipliers` (the fork's
-        {layer: multiplier} dict), `target_layers` (layer list, None = all) and `seed`.
+        The plan's fields (`sigma_start`, `sigma_end`, `sigma_ratio`, `num_stages`, `zones`,
+        `alpha`, `site`), `multipliers` (list), `layer_multipliers` (the fork's {layer:
+        multiplier} dict), `target_layers` (layer list, None = all) and `seed`.
         """
-        from objective.command import multipliers_dict
-
         if not isinstance(self.spec.objective, CommandObjective):
             raise UserError("to_command_values: the study's objective is the builtin trainer; use to_trial_config")
-        p = {**params}
-        p.setdefault("site", self.sites[0])
-        derived = self.derived(p)
-        layers = self.zone_layers(str(p["zones"]))
+        plan = self._plan_of(plan_or_params)
+        layers = self.zone_layers(plan.zones)
         return {
-            "sigma_start": float(p["sigma_start"]),
-            "sigma_end": derived["sigma_end"],
-            "sigma_ratio": float(p["sigma_ratio"]),
-            "num_stages": int(p["num_stages"]),
-            "zones": str(p["zones"]),
-            "alpha": float(p["alpha"]),
-            "site": p["site"],
-            "multipliers": derived["multipliers"],
-            "layer_multipliers": multipliers_dict(derived["multipliers"]),
+            "sigma_start": plan.sigma_start,
+            "sigma_end": plan.sigma_end,
+            "sigma_ratio": plan.sigma_ratio,
+            "num_stages": plan.num_stages,
+            "zones": plan.zones,
+            "alpha": plan.alpha,
+            "site": plan.site,
+            "multipliers": list(plan.multipliers or ()),
+            "layer_multipliers": plan.multipliers_dict(),
             "target_layers": None if layers is None else sorted(layers),
             "seed": int(seed),
         }

@@ -78,15 +78,9 @@ def command_study(
             "kind": "command",
             "command": {
                 "command": [PYTHON, str(FAKE_VERL)],
-                "param_map": {
-                    "sigma_start": "trainer.noise_injection.sigma_start",
-                    "sigma_end": "trainer.noise_injection.sigma_end",
-                    "num_stages": "trainer.noise_injection.num_stages",
-                },
-                "multipliers_key": "++trainer.noise_injection.layer_multipliers",
+                "noise_keys": "verl-fork-patched",  # the trial's NoisePlan in the fork's keys, [AQN] lines checked
                 "extra_overrides": [
-                    "trainer.noise_injection.enabled=true",
-                    "++trainer.noise_injection.use_variable_sigma=true",
+                    "+fake.patched=true",  # the stand-in with the layer_sigma_config fix
                     "trainer.test_freq=5",
                     "trainer.total_training_steps=20",
                     f"+fake.step_sleep={step_sleep}",
@@ -151,7 +145,7 @@ class Driver:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"driver did not finish in {timeout} s; stderr tail:\n{self.stderr()[-3000:]}")
+            raise AssertionError(f"driver did not finish in {timeout} s; stderr tail:\n{self.stderr()[-3000:]}") from None
         finally:
             self._out.close()
             self._err.close()
@@ -283,7 +277,7 @@ def sqlite_dump(db_path: Path) -> str:
 def seed_names_of(study_path: Path) -> list[str]:
     """Names of the seed configs a study file enqueues (through the product's own loader)."""
     from sweep.space import SearchSpace
-    from sweep.study import load_study
+    from sweep.study_loader import load_study
 
     spec = load_study(study_path)
     space = SearchSpace.from_spec(spec, spec.srdd_profile)
@@ -364,7 +358,7 @@ def make_contract_study(url: str, study_path: Path, *, states: Iterable[str]) ->
     import math as _math
 
     from sweep.space import SearchSpace
-    from sweep.study import load_study
+    from sweep.study_loader import load_study
 
     spec = load_study(study_path)
     profile = spec.srdd_profile
@@ -375,7 +369,7 @@ def make_contract_study(url: str, study_path: Path, *, states: Iterable[str]) ->
     study.set_user_attr("srdd_profile", json.loads(profile.to_json()))
     for i, state in enumerate(states):
         trial = study.ask()
-        derived = space.define(trial)
+        derived = space.define(trial)["noise_plan"]
         x = _math.log10(trial.params["sigma_start"])
         final = round(0.55 + 0.05 * _math.exp(-((x + 2.0) ** 2)) + 0.001 * i, 6)
         steps = [5, 10, 15, 20] if state != "pruned" else [5, 10]

@@ -1,6 +1,6 @@
 """The OptunaSearch corrections, driven directly through the Searcher API (no Ray needed).
 
-Each test names the DOMAIN.md pitfall it guards; each fails against plain OptunaSearch.
+Each test names the OptunaSearch pitfall it guards (numbered as the corrections in sweep/bridge.py); each fails against plain OptunaSearch.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 def space(trial: optuna.Trial) -> dict:
     x = trial.suggest_float("x", 0.0, 1.0)
     trial.suggest_categorical("zones", ["all", "high"])
-    return {"sigma_end": x / 100, "multipliers": [0.5, 1.5]}
+    return {"noise_plan": {"sigma_end": x / 100, "multipliers": [0.5, 1.5]}}  # what SearchSpace.define returns
 
 
 @pytest.fixture
@@ -313,3 +313,49 @@ def test_close_requeues_own_unfinished_trials_and_periodic_check_spares_them(sto
     assert cut.state == TrialState.FAIL and cut.user_attrs["fail_reason"] == "driver died"
     waiting = s.study.get_trials(states=(TrialState.WAITING,))
     assert params in [t.system_attrs["fixed_params"] for t in waiting]
+
+
+def test_racing_launches_replicates_through_the_searcher_with_their_own_seeds(storage):
+    """With a RacingPolicy the searcher itself queues replicates: the incumbent's second seed once
+    three configs ran, each a new trial (never an overwrite), on the tuning pool's next seed."""
+    from sweep.racing import RacingPolicy
+
+    s = make(storage, trial_seed=7, racing_policy=RacingPolicy(max_seeds=3, first_seed=7, incumbent_every=3))
+    values = {"t1": 0.5, "t2": 0.9, "t3": 0.4}
+    for tid, v in values.items():
+        config = s.suggest(tid)
+        assert config[bridge.SEED_KEY] == 7  # every new config: the first tuning seed (common random numbers)
+        s.on_trial_complete(tid, final(v))
+    best = max(s.study.get_trials(), key=lambda t: t.value)
+    config = s.suggest("t4")
+    t4 = s.study.get_trials()[-1]
+    assert config[bridge.SEED_KEY] == 8 and t4.user_attrs["seed"] == 8
+    assert t4.params == best.params and t4.user_attrs["replicate_of"] == best.number
+    assert t4.user_attrs["racing"] == "incumbent"
+    s.on_trial_complete("t4", final(0.88))
+    trials = s.study.get_trials()
+    assert len(trials) == 4 and [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert sorted(t.value for t in trials if t.params == best.params) == [0.88, 0.9]
+
+
+def test_protected_trials_are_never_cut_by_asha():
+    """The racing incumbent's replicates are the evidence the answer rests on: a low rung value
+    that would get any other trial cut must not cut them."""
+    from ray.tune.schedulers import TrialScheduler
+
+    from sweep.runner import PruningPlan, build_scheduler
+
+    for kind in ("asha",):  # the median rule takes the same guard; it needs Tune's controller to run
+        sched, _ = build_scheduler(PruningPlan(kind=kind, rungs=[5, 10], final_step=20, min_samples=2),
+                                   "maximize", protect=lambda tid: tid == "inc")
+        trials = [_StubTrial(n) for n in ("a", "b", "c", "inc", "bad")]
+        for t in trials:
+            sched.on_trial_add(None, t)
+        for t, v in zip(trials[:3], (0.9, 0.8, 0.85)):
+            for step in (5, 10):
+                sched.on_trial_result(None, t, {"step": step, bridge.OBJECTIVE_KEY: v, "time_total_s": step})
+        inc, bad = trials[3], trials[4]
+        actions = {t.trial_id: [sched.on_trial_result(None, t, {"step": s, bridge.OBJECTIVE_KEY: 0.1, "time_total_s": s})
+                                for s in (5, 10)] for t in (bad, inc)}
+        assert TrialScheduler.STOP in actions["bad"], kind
+        assert actions["inc"] == [TrialScheduler.CONTINUE] * 2, kind

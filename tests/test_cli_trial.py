@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_study import STUDIES, tiny_profile, tiny_study_dir, write_study  # noqa: F401 - fixture re-export
 
 from sweep.cli import main
-from sweep.study import TRAINER_CONFIG_MARKER
-from test_study import STUDIES, tiny_profile, tiny_study_dir, write_study  # noqa: F401 - fixture re-export
+from sweep.trainer_config_doc import TRAINER_CONFIG_MARKER
 
 TESTS = Path(__file__).resolve().parent
 # 2 steps, 8 validation problems, 2 prompts x 2 samples: seconds, not minutes.
@@ -63,7 +63,7 @@ def test_trial_runs_a_tiny_trial_and_prints_json(tmp_path: Path, tiny_profile: P
 def test_trial_reruns_an_exported_trainer_config(tmp_path: Path, tiny_profile: Path, model_path: str,  # noqa: F811
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     from objective.config import TrialConfig
-    from sweep.study import trainer_config_document
+    from sweep.trainer_config_doc import trainer_config_document
 
     cfg = TrialConfig.model_validate({"noise": {"enabled": True, "sigma_start": 0.01, "sigma_end": 0.001,
                                                 "num_stages": 3}})
@@ -86,7 +86,7 @@ def test_trial_runs_a_command_objective(tmp_path: Path, capsys: pytest.CaptureFi
     data["objective"]["command"].update(command=[sys.executable, str(TESTS / "fake_verl.py")], cwd=str(tmp_path))
     study = tmp_path / "verl.yaml"
     study.write_text(yaml.safe_dump(data))
-    code = main(["trial", str(study), "--set", "+fake.step_sleep=0"])
+    code = main(["trial", str(study), "--set", "+fake.step_sleep=0", "--set", "+fake.patched=true"])
     result = json.loads(capsys.readouterr().out)
     assert result["kind"] == "command" and result["status"] == "complete", result["reason"]
     assert code == 0 and result["step"] == 20 and 0 <= result["value"] <= 1

@@ -117,10 +117,10 @@ def test_prepare_is_idempotent_and_masks_the_password(tmp_path):
     assert sorted(m.filename for m in get_all_artifact_meta(study)) == [PROFILE_JSON, PROFILE_PNG]
     # a password-bearing URL reaches the note only masked
     from sweep.dashboard import note_text
-    from sweep.export import StudyRecord, _attach_spec
+    from sweep.record import StudyRecord, attach_spec
 
     rec = StudyRecord(study=study, storage_url="postgresql://u:hunter2@db/x")
-    _attach_spec(rec, None)
+    attach_spec(rec, None)
     text = note_text(rec)
     assert "hunter2" not in text and "postgresql://u:***@db/x" in text
 

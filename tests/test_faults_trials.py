@@ -43,7 +43,7 @@ def sigma_of(x: float) -> float:
 
 def space(trial: optuna.Trial) -> dict[str, Any]:
     x = trial.suggest_float("x", 0.0, 1.0)
-    return {"sigma_end": sigma_of(x) / 100, "multipliers": [1.0, 1.0 + x]}
+    return {"noise_plan": {"sigma_end": sigma_of(x) / 100, "multipliers": [1.0, 1.0 + x]}}
 
 
 def objective(config: dict[str, Any], report) -> TrialResult:

@@ -10,7 +10,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from quant.noise import NoiseInjector, find_decoder_layers, layer_multipliers, sigma_at
+from quant.noise import NoiseInjector, find_decoder_layers
+from quant.noise_plan import layer_multipliers, sigma_at
 
 # --- schedule -------------------------------------------------------------------------------
 

@@ -64,7 +64,7 @@ def test_a_study_space_that_can_pick_linear_noise_on_vllm_is_refused() -> None:
 
 def test_the_qwen_study_only_searches_sites_its_backend_serves() -> None:
     from objective.rollout.checks import check_noise_sites
-    from sweep.study import load_study
+    from sweep.study_loader import load_study
 
     spec = load_study(ROOT / "studies" / "qwen2.5-1.5b-mxfp4-w4a4.yaml")
     backend = spec.objective.config.rollout.backend

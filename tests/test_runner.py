@@ -41,7 +41,7 @@ def ray_local():
 def space(trial: optuna.Trial) -> dict:
     x = trial.suggest_float("x", 0.0, 1.0)
     trial.suggest_categorical("zones", ["all", "high"])
-    return {"sigma_end": x / 100, "multipliers": [1.0 - x, 1.0 + x]}
+    return {"noise_plan": {"sigma_end": x / 100, "multipliers": [1.0 - x, 1.0 + x]}}  # as SearchSpace.define
 
 
 def make_objective(*, delay_per_x: float = 0.0, fake_wall_s: float | None = None, db_name: str = ""):
@@ -213,10 +213,9 @@ def test_run_and_status_commands(ray_local, tmp_path, monkeypatch, capsys):
     # bad input: one line, exit 2, nothing written (the shipped cwd is the user's verl checkout)
     assert main(["run", study, "--storage", url, *cpu]) == 2
     cpu += ["--set", f"objective.command.cwd={tmp_path}"]
-    # the script the shipped study names must exist in cwd (preflight); the objective is faked
-    script = tmp_path / "scripts" / "test_mxfp4_w4a4_ste_fix_e13h.sh"
-    script.parent.mkdir()
-    script.write_text("#!/bin/bash\n")
+    # the script the shipped study names must exist (preflight): the repo's own; the objective is faked
+    trial_script = Path(__file__).resolve().parents[1] / "studies" / "verl" / "e13-trial.sh"
+    cpu += ["--set", f"objective.command.command=[bash, {trial_script}]"]
     assert main(["run", study, "--storage", url, "--set", "budget.trials=zero"]) == 2
     assert main(["run", study, "--storage", url, "--trials", "0"]) == 2
     assert main(["run", study, "--storage", "postgresql://u:Zz9-secret@127.0.0.1:1/x"]) == 2

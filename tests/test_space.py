@@ -7,14 +7,15 @@ from pathlib import Path
 
 import optuna
 import pytest
+from test_study import STUDIES, tiny_profile, write_study  # noqa: F401 - fixture re-export
 
 from objective.config import TrialConfig
 from quant.srdd import load_profile
 from sweep.errors import UserError
 from sweep.prior import PriorGuidedSampler
 from sweep.space import SearchSpace
-from sweep.study import DEFAULT_SEED_NAMES, load_study
-from test_study import STUDIES, tiny_profile, write_study  # noqa: F401 - fixture re-export
+from sweep.study import DEFAULT_SEED_NAMES
+from sweep.study_loader import load_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 QWEN = STUDIES / "qwen2.5-1.5b-mxfp4-w4a4.yaml"
@@ -56,7 +57,7 @@ def test_define_stays_in_range_and_sigma_end_never_exceeds_start(qwen_space: Sea
     d = qwen_space.distributions
     for _ in range(40):
         trial = study.ask()
-        derived = qwen_space.define(trial)
+        derived = qwen_space.define(trial)["noise_plan"]
         p = trial.params
         assert set(p) == {"sigma_start", "sigma_ratio", "num_stages", "zones", "alpha"}  # site: rmsnorm only on vLLM
         for name, dist in d.items():
@@ -229,3 +230,25 @@ def test_a_bad_prior_center_names_its_key(tmp_path: Path, tiny_profile: Path, ov
     with pytest.raises(UserError, match=message) as err:
         load_study(write_study(tmp_path, tiny_profile), [override])
     assert "\n" not in str(err.value) and str(err.value).startswith(str(tmp_path))
+
+
+def test_gp_samplers_are_noise_aware_and_keep_the_prior(qwen_space: SearchSpace) -> None:
+    """gp / gp-prior: Optuna's GPSampler with a learned noise variance; gp-prior wraps it in the
+    same decaying SRDD prior as `prior` does TPE. Both must run on the real space (categorical
+    zones, log sigmas, int stages) and propose in-range configs."""
+    from sweep.prior import PriorGuidedSampler
+
+    spec = qwen_space.spec
+    for kind in ("gp", "gp-prior"):
+        space = SearchSpace.from_spec(spec.model_copy(update={"sampler": spec.sampler.model_copy(update={"kind": kind})}),
+                                      qwen_space.profile)
+        sampler = space.make_sampler(0)
+        gp = sampler.base if isinstance(sampler, PriorGuidedSampler) else sampler
+        assert isinstance(gp, optuna.samplers.GPSampler) and gp._deterministic is False
+        assert isinstance(sampler, PriorGuidedSampler) == (kind == "gp-prior")
+        study = _study(space, sampler)
+        for i in range(8):
+            trial = study.ask()
+            space.define(trial)
+            study.tell(trial, 0.5 + 0.01 * math.log(trial.params["sigma_start"]) + 0.001 * i)
+        assert all(space.distributions["sigma_start"]._contains(t.params["sigma_start"]) for t in study.trials)

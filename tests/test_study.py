@@ -12,14 +12,12 @@ import yaml
 from objective.config import TrialConfig
 from sweep.errors import UserError
 from sweep.overrides import apply_overrides, yaml_load
-from sweep.study import (
-    DEFAULT_SEED_NAMES,
+from sweep.preflight import preflight
+from sweep.study import DEFAULT_SEED_NAMES, BuiltinObjective
+from sweep.study_loader import load_study, resolve_storage
+from sweep.trainer_config_doc import (
     TRAINER_CONFIG_MARKER,
-    BuiltinObjective,
-    load_study,
-    preflight,
     parse_trainer_config,
-    resolve_storage,
     trainer_config_document,
 )
 
@@ -106,9 +104,8 @@ def test_shipped_qwen_study_matches_the_seeds() -> None:
 def test_shipped_verl_command_study_maps_the_fork_keys() -> None:
     spec = load_study(STUDIES / "verl-command-mxfp4-w4a4.yaml")
     cmd = spec.objective.command
-    assert cmd.param_map["sigma_start"] == "trainer.noise_injection.sigma_start"
-    assert cmd.multipliers_key == "++trainer.noise_injection.layer_multipliers"
-    assert "++trainer.noise_injection.use_variable_sigma=true" in cmd.extra_overrides
+    assert cmd.noise_keys == "verl-fork-patched" and cmd.verify_mode == "strict"
+    assert cmd.command[-1].endswith("studies/verl/e13-trial.sh") and cmd.param_map["seed"][0] == "data.seed"
     assert spec.rungs() == [5, 10, 15]
 
 

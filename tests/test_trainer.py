@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from objective import StopTrial, run_trial
 from objective import grpo as grpo_mod

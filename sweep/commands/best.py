@@ -26,12 +26,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sweep.export import _jsonable, best_json, best_result, format_best, open_record
+    from sweep.best import best_result
+    from sweep.best_text import best_json, format_best
+    from sweep.record import open_record
+    from sweep.strict_json import jsonable
 
     record = open_record(args.study, args.storage)
     best = best_result(record)
     if args.json:
-        print(json.dumps(_jsonable(best_json(record, best)), indent=1))
+        print(json.dumps(jsonable(best_json(record, best)), indent=1))
     else:
         print(format_best(record, best))
         print(f"\nexport it: noisesweep export {record.name} --format verl   (or hydra, yaml, json)")

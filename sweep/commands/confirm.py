@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sweep.confirm import confirm_study, format_table
-    from sweep.export import open_record
+    from sweep.record import open_record
 
     record = open_record(args.study, args.storage)
     spec_confirm = record.spec.confirm if record.spec is not None else None

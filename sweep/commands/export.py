@@ -28,7 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.fmt not in FORMATS:  # before touching the storage
         raise UserError(f"--format: unknown format {args.fmt!r} (choose from {', '.join(FORMATS)})")
-    from sweep.export import best_result, export_text, open_record, write_text_atomic
+    from sweep.atomic import write_text_atomic
+    from sweep.best import best_result
+    from sweep.export import export_text
+    from sweep.record import open_record
 
     record = open_record(args.study, args.storage)
     best = best_result(record)

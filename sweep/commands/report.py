@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sweep.export import open_record
+    from sweep.record import open_record
     from sweep.report import PLOTS, write_report
 
     record = open_record(args.study, args.storage)

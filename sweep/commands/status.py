@@ -34,7 +34,7 @@ def _target(args: argparse.Namespace) -> tuple[str | None, str]:
     name = args.study
     file_url = None
     if name and (name.endswith((".yaml", ".yml")) or Path(name).is_file()):
-        from sweep.study import load_study
+        from sweep.study_loader import load_study
 
         spec = load_study(name)
         name, file_url = spec.name, spec.storage

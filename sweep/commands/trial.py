@@ -78,7 +78,7 @@ def _apply_config_overrides(config: Any, overrides: list[str], source: str) -> A
 
     from objective.config import TrialConfig
     from sweep.overrides import apply_overrides, override_paths
-    from sweep.study import format_validation_error
+    from sweep.validation_errors import format_validation_error
 
     if not overrides:
         return config
@@ -109,9 +109,11 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sweep.export import _jsonable
     from sweep.overrides import load_yaml_file
-    from sweep.study import BuiltinObjective, build_study, is_trainer_config, parse_trainer_config, task_metric
+    from sweep.strict_json import jsonable
+    from sweep.study import BuiltinObjective, task_metric
+    from sweep.study_loader import build_study
+    from sweep.trainer_config_doc import is_trainer_config, parse_trainer_config
 
     source = str(args.study)
     data = load_yaml_file(source)
@@ -165,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         applied=result.applied,
         history=result.history,
     )
-    print(json.dumps(_jsonable(out), indent=1))
+    print(json.dumps(jsonable(out), indent=1))
     line = f"noisesweep trial: {result.status}"
     if result.value is not None:
         line += f", {metric}={result.value:.4f} at step {result.step}"
@@ -176,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_builtin(config: Any, metric: str) -> Any:
-    from sweep.study import check_trial_paths
+    from sweep.preflight import check_trial_paths
 
     check_trial_paths(config)  # a wrong path is a one-line error, not a failed trial
     try:

@@ -1,4 +1,4 @@
-"""Fast path for fake quantization: the kernels of quant/formats.py under torch.compile.
+"""Fast path for fake quantization: the kernels of quant/fp4_kernels.py under torch.compile.
 
 Why: fake quantization runs on every Linear at every forward; eagerly it is ~15 memory passes,
 compiled it is one (MXFP4) or two (NVFP4: tensor amax first). Rules that keep it cheap:
@@ -19,18 +19,20 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-from quant import formats as F
+from quant.format_names import Fp4Format
+from quant.fp4_constants import BLOCK_SIZES, MX_BLOCK_SIZE, NV_BLOCK_SIZE
+from quant.fp4_kernels import mx_kernel, nv_apply, nv_block_factors
 
 MIN_NUMEL = 1 << 15  # below ATen's parallel grain size eager runs single-threaded; a compiled call
 # always opens an OpenMP region, which on a busy 2-core machine can stall for a scheduler slice
 ENV_VAR = "NOISESWEEP_COMPILE"
 
 _lock = threading.Lock()
-_compiled: dict[str, tuple[Callable[..., torch.Tensor], ...]] = {}
+_compiled: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
 _failed = False
 
 
@@ -40,45 +42,54 @@ def enabled() -> bool:
 
 
 def _flat_mx(flat: torch.Tensor) -> torch.Tensor:
-    out = F.mx_kernel(flat.float().reshape(-1, F.MX_BLOCK_SIZE))
+    out = mx_kernel(flat.float().reshape(-1, MX_BLOCK_SIZE))
     return out.reshape(-1).to(flat.dtype)
 
 
 def _flat_nv_factors(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    block_amax = flat.float().reshape(-1, F.NV_BLOCK_SIZE).abs().amax(dim=-1, keepdim=True)
-    return F.nv_block_factors(block_amax, block_amax.amax())
+    block_amax = flat.float().reshape(-1, NV_BLOCK_SIZE).abs().amax(dim=-1, keepdim=True)
+    return nv_block_factors(block_amax, block_amax.amax())
 
 
 def _flat_nv_apply(flat: torch.Tensor, recip: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    out = F.nv_apply(flat.float().reshape(-1, F.NV_BLOCK_SIZE), recip, scale)
+    out = nv_apply(flat.float().reshape(-1, NV_BLOCK_SIZE), recip, scale)
     return out.reshape(-1).to(flat.dtype)
 
 
-# NVFP4 is two graphs on purpose: as one graph Inductor recomputes the per-block scale chain
-# (4 scalar divisions, E4M3 rounding) inside the element loop; the graph boundary makes it a
-# vectorized pass over the (16x smaller) block array instead (~20 % faster end to end).
-_GRAPHS = {"mxfp4": (_flat_mx,), "nvfp4": (_flat_nv_factors, _flat_nv_apply)}
+def _compile_format(fmt: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """flat tensor -> fake-quantized flat tensor, built from compiled graphs.
+
+    NVFP4 is two graphs on purpose: as one graph Inductor recomputes the per-block scale chain
+    (4 scalar divisions, E4M3 rounding) inside the element loop; the graph boundary makes it a
+    vectorized pass over the (16x smaller) block array instead (~20 % faster end to end).
+    """
+    if fmt == Fp4Format.MXFP4:
+        return torch.compile(_flat_mx, dynamic=True, fullgraph=True)
+    factors = torch.compile(_flat_nv_factors, dynamic=True, fullgraph=True)
+    apply = torch.compile(_flat_nv_apply, dynamic=True, fullgraph=True)
+
+    def nv(flat: torch.Tensor) -> torch.Tensor:
+        recip, scale = factors(flat)
+        return apply(flat, recip, scale)
+
+    return nv
 
 
-def _get(fmt: str) -> tuple[Callable[..., torch.Tensor], ...]:
-    """Build (once) the compiled functions for `fmt`; Dynamo compiles on their first call."""
+def _get(fmt: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Build (once) the compiled function for `fmt`; Dynamo compiles on its first call."""
     with _lock:
-        fns = _compiled.get(fmt)
-        if fns is None:
+        fn = _compiled.get(fmt)
+        if fn is None:
             import torch._inductor.config as inductor_config
 
             inductor_config.fx_graph_cache = True  # reuse compiled kernels across processes
-            fns = tuple(torch.compile(g, dynamic=True, fullgraph=True) for g in _GRAPHS[fmt])
-            _compiled[fmt] = fns
-        return fns
+            fn = _compile_format(fmt)
+            _compiled[fmt] = fn
+        return fn
 
 
 def _run(fmt: str, flat: torch.Tensor) -> torch.Tensor:
-    fns = _get(fmt)
-    if fmt == "mxfp4":
-        return fns[0](flat)
-    recip, scale = fns[0](flat)
-    return fns[1](flat, recip, scale)
+    return _get(fmt)(flat)
 
 
 def quantize(x: torch.Tensor, fmt: str) -> torch.Tensor | None:
@@ -86,7 +97,7 @@ def quantize(x: torch.Tensor, fmt: str) -> torch.Tensor | None:
     global _failed
     if x.numel() < MIN_NUMEL or x.device.type not in ("cpu", "cuda") or not enabled():
         return None
-    block = F.BLOCK_SIZES[fmt]
+    block = BLOCK_SIZES[fmt]
     n = x.shape[-1]
     pad = (-n) % block
     xc = x.detach().contiguous()  # one graph whether or not x requires grad
