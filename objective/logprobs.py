@@ -14,6 +14,8 @@ cross-entropy) or its fused linear-cross-entropy kernels (verl/workers/actor/dp_
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -28,10 +30,10 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     modules, so calling the decoder directly runs exactly what `model(...)` runs, minus the head.
     """
     get_base = getattr(model, "get_base_model", None)
-    causal = get_base() if callable(get_base) else model
+    causal: Any = get_base() if callable(get_base) else model
     head = causal.get_output_embeddings()
     decoder = causal.base_model  # transformers: getattr(self, base_model_prefix), e.g. Qwen2Model
-    if head is None or decoder is causal:
+    if not isinstance(head, nn.Module) or not isinstance(decoder, nn.Module) or decoder is causal:
         raise ValueError(f"{type(causal).__name__} is not a causal LM with a separate decoder and LM head")
     return decoder, head
 

@@ -67,7 +67,8 @@ class UpdateStats:
     grad_norms: list[float] = field(default_factory=list)  # before clipping, one per optimizer step
     clipped_tokens: float = 0.0
     tokens: float = 0.0
-    first_logp: torch.Tensor | None = None  # each sequence's log-probs at its first forward (detached, CPU)
+    # each sequence's log-probs at its first forward of the step (detached, CPU)
+    first_logp: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
 
     @property
     def clipfrac(self) -> float:

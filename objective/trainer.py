@@ -49,7 +49,7 @@ from objective.device_memory import free_device_memory, is_out_of_memory
 from objective.logprobs import response_logprobs
 from objective.ppo import UpdateStats, ppo_update, warmup_lr
 from objective.result import ReportFn, StopTrial, TrialResult
-from objective.rollout import NonFiniteError, Rollout, TrialTimeout, check_backend, make_rollout
+from objective.rollout import NonFiniteError, Rollout, TrialTimeout, check_backend, make_rollout, select_rows
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -261,7 +261,7 @@ class Trainer:
             if a.name == "dapo":
                 keep = grpo.informative_groups(scores)
                 rows = keep.repeat_interleave(k)
-                ro = _select_rows(ro, rows)
+                ro = select_rows(ro, rows)
                 rewards, penalty = rewards[keep], penalty[rows]
             out.rollouts.append(ro)
             out.rewards.append(rewards)
@@ -358,18 +358,6 @@ class Trainer:
         self.noise.remove()
         if self.quant is not None:
             self.quant.remove()
-
-
-def _select_rows(ro: Rollout, rows: torch.Tensor) -> Rollout:
-    idx = rows.nonzero().flatten()
-    return Rollout(
-        ro.prompt_ids[idx],
-        ro.prompt_mask[idx],
-        ro.response_ids[idx],
-        ro.response_mask[idx],
-        ro.logp[idx],
-        [ro.texts[i] for i in idx.tolist()],
-    )
 
 
 def _cat_rollouts(ros: list[Rollout], tokenizer: Any) -> Rollout:

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from objective.rollout.base import NonFiniteError, Rollout, RolloutBackend, TrialTimeout, encode_prompts
+from objective.rollout.base import (
+    NonFiniteError,
+    Rollout,
+    RolloutBackend,
+    TrialTimeout,
+    encode_prompts,
+    select_rows,
+)
 from objective.rollout.checks import check_backend, require_vllm
 from objective.rollout.hf import HfRollout, hf_generate
 
@@ -39,6 +46,7 @@ __all__ = [
     "hf_generate",
     "make_rollout",
     "require_vllm",
+    "select_rows",
 ]
 
 

@@ -56,6 +56,13 @@ class RolloutBackend(Protocol):
         """Release everything the backend allocated (idempotent)."""
 
 
+def select_rows(ro: Rollout, rows: torch.Tensor) -> Rollout:
+    """The rollout's rows where the bool mask `rows` is True (DAPO keeps informative groups)."""
+    idx = rows.nonzero().flatten()
+    return Rollout(ro.prompt_ids[idx], ro.prompt_mask[idx], ro.response_ids[idx], ro.response_mask[idx],
+                   ro.logp[idx], [ro.texts[i] for i in idx.tolist()])
+
+
 def pad_token_id(tokenizer: Any) -> int:
     """The tokenizer's pad id, or its EOS id when it has none (Qwen's and the tiny one's both work)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
