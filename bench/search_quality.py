@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.reps):  # interleaved: each repetition runs every arm under the same load
             for arm in arms:
                 runs.append(run_arm(arm, rep, args.budget, trial, args.confirm_seeds, Path(tmp)))
+                C.write_json(args.json, {"partial": True, "runs": runs})  # a long run keeps what it finished
     print(C.render_table(
         ["arm", "rep", "trials", "trial-steps", "CPU-h", "chosen (by, seeds)", "search", "confirmed [95% CI]", "gap"],
         [[r["arm"], r["rep"], r["trials"], r["trial_steps"], C.fmt(r["cpu_hours"], 3),
