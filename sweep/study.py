@@ -348,6 +348,35 @@ class StudySpec(StrictModel):
             raise ValueError(f"duplicate seed config names {dup}")
         return out
 
+    @model_validator(mode="after")
+    def _measures_what_it_says(self) -> StudySpec:
+        """Settings that would silently change what is measured are errors, not surprises.
+
+        Pruning rungs must be validation steps before the final one (a rung with no validation
+        never fires; one at the final step would cut finished trials), and a vLLM rollout cannot
+        serve `site: linear` (objective.rollout.checks), so a space that can pick it would fail
+        about half its trials at their start.
+        """
+        obj = self.objective
+        if not isinstance(obj, BuiltinObjective):
+            return self
+        steps = obj.config.steps
+        if self.pruning.enabled and self.pruning.rungs is not None:
+            allowed = [s for s in steps.val_at if 0 < s < steps.total]
+            bad = [r for r in self.pruning.rungs if r not in allowed]
+            if bad:
+                raise NestedError(
+                    ("pruning", "rungs"),
+                    f"{bad} are not validation steps before the final step {steps.total} (validation steps: {allowed})",
+                )
+        from objective.rollout.checks import check_noise_sites
+
+        try:
+            check_noise_sites(obj.config.rollout.backend, self.space.site, where="space.site")
+        except ValueError as exc:
+            raise NestedError((), str(exc)) from None
+        return self
+
     # ---- derived views the runner and the commands use
     @property
     def source_path(self) -> Path | None:
