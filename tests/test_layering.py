@@ -13,20 +13,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("quant", "objective", "sweep")
 # Lower layers first: a package may import from the packages before it, never after.
 LAYER_ORDER = {"quant": 0, "objective": 1, "sweep": 2}
 
-# Import cycles that are known and still to be fixed (each by its own change). The test reports
-# them as expected failures; once one is gone it fails until the entry is removed here.
-KNOWN_CYCLES_TO_FIX: tuple[frozenset[str], ...] = (
-    # Not listed in issue 9, found by this test: gsm8k.py imports Example from the package
-    # __init__, whose load_task imports gsm8k back.
-    frozenset({"objective.tasks", "objective.tasks.gsm8k"}),
-)
 
 
 @dataclass(frozen=True)
@@ -175,17 +167,8 @@ def test_lower_layers_never_import_higher_ones() -> None:
 
 def test_no_import_cycles_among_project_modules() -> None:
     edges = import_graph(REPO)
-    new = [c for c in import_cycles(edges) if c not in KNOWN_CYCLES_TO_FIX]
-    assert new == [], "import cycles:\n" + "\n".join(_describe(c, edges) for c in new)
-
-
-@pytest.mark.parametrize("cycle", KNOWN_CYCLES_TO_FIX, ids=lambda c: "<->".join(sorted(c)))
-def test_known_cycles_still_to_be_fixed(cycle: frozenset[str]) -> None:
-    """Reported as xfail while the cycle exists; fails once it is gone, so the list gets emptied."""
-    edges = import_graph(REPO)
-    if cycle in import_cycles(edges):
-        pytest.xfail(f"known import cycle still to be fixed: {_describe(cycle, edges)}")
-    pytest.fail(f"the import cycle {sorted(cycle)} is gone: remove it from KNOWN_CYCLES_TO_FIX")
+    cycles = import_cycles(edges)
+    assert cycles == [], "import cycles:\n" + "\n".join(_describe(c, edges) for c in cycles)
 
 
 def test_quant_has_no_import_cycle() -> None:
