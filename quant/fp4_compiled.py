@@ -77,12 +77,11 @@ InductorOptions = dict[str, str | int | bool | Callable[..., Any]]  # torch.comp
 
 # Bit-exactness must not depend on the environment (TORCHINDUCTOR_CPP_* variables can flip these).
 _EXACT_MATH: InductorOptions = {"cpp.enable_unsafe_math_opt_flag": False, "cpp.enable_floating_point_contract_flag": "off"}
-# Graphs that ran faster with 256-bit than with 512-bit vectors on an AVX-512 CPU (Sapphire
-# Rapids, bench/quant_throughput.py): a 16-value NVFP4 block is then one bf16 vector (not half
-# of one), and the block-scale pass's per-block reduction is shorter. fp32 MXFP4 and the fp32
-# NVFP4 rounding pass stay at 512 bits, where they were faster.
+# NVFP4 graphs that ran faster with 256-bit than with 512-bit vectors on an AVX-512 CPU
+# (Sapphire Rapids, one thread, CPU time): a 16-value block is then one bf16 vector instead of
+# half of one, and the per-block reduction of the scale pass is one step shorter. MXFP4 (either
+# dtype) and the fp32 rounding pass were as fast or faster at 512 bits and stay there.
 _NARROW_SIMD = {
-    ("mxfp4", torch.bfloat16, "apply"),
     ("nvfp4", torch.bfloat16, "scales"),
     ("nvfp4", torch.bfloat16, "apply"),
     ("nvfp4", torch.float32, "scales"),
