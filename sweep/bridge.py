@@ -40,7 +40,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from quant.noise_plan import PLAN_ATTR
 from sweep import optuna_private
-from sweep.budget import DRIVER_DIED, Budget, ledger_of, trial_cost_hours
+from sweep.budget import DRIVER_DIED, STORAGE_OUTAGE, Budget, ledger_of, trial_cost_hours
+from sweep.outage import DEFAULT_OUTAGE_S, HeldWrite, StorageGuard, is_outage_error
 
 if TYPE_CHECKING:
     from sweep.progress import Progress
@@ -139,18 +140,28 @@ def fail_stale_trials(
 
 
 def fail_and_requeue(study: optuna.Study, trial_ids: list[int], reason: str = DRIVER_DIED) -> list[int]:
-    """FAIL RUNNING trials (reason first, while still writable) and enqueue their params once."""
+    """FAIL RUNNING trials (reason first, while still writable) and enqueue their params once.
+
+    Safe to call again after it was cut short (a storage outage between its writes): a trial
+    already FAILed for `reason` but not yet re-queued is re-queued, and one whose re-queued
+    copy exists (user_attr `requeued_trials` on any trial) never gets a second copy.
+    Returns the numbers of the trials failed by this call or a cut-short earlier one.
+    """
     storage = optuna_private.study_storage(study)
     failed: list[optuna.trial.FrozenTrial] = []
     for trial_id in trial_ids:
-        if not _set_attr_if_running(storage, trial_id, "fail_reason", reason):
-            continue
-        try:
-            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                failed.append(storage.get_trial(trial_id))
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass
+        if _set_attr_if_running(storage, trial_id, "fail_reason", reason):
+            try:
+                storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass
+        t = storage.get_trial(trial_id)
+        if t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") == reason:
+            failed.append(t)
+    if not failed:
+        return []
     requeued = set(study.user_attrs.get(REQUEUED_ATTR, []))
+    requeued |= {t.user_attrs[REQUEUED_ATTR] for t in study.get_trials(deepcopy=False) if REQUEUED_ATTR in t.user_attrs}
     for t in failed:
         if t.number in requeued:
             continue
@@ -159,9 +170,68 @@ def fail_and_requeue(study: optuna.Study, trial_ids: list[int], reason: str = DR
             attrs[SEED_CONFIG_ATTR] = t.user_attrs[SEED_CONFIG_ATTR]
         study.enqueue_trial(dict(t.params), user_attrs=attrs, skip_if_exists=False)
         requeued.add(t.number)
-    if failed:
-        study.set_user_attr(REQUEUED_ATTR, sorted(requeued))
+    study.set_user_attr(REQUEUED_ATTR, sorted(requeued))
     return [t.number for t in failed]
+
+
+def apply_held_write(study: optuna.Study, write: HeldWrite) -> TrialState | None:
+    """Apply one study write (sweep.outage.HeldWrite): now, after an outage, or from a spool file.
+
+    Each kind is safe to apply twice (an outage may hide whether the first try committed):
+    values and attrs are upserts, a finished trial is never told again. Returns the state a
+    `tell` wrote (FAIL when the storage refused the value), else None.
+    """
+    storage = optuna_private.study_storage(study)
+    tid = write.trial_id
+    if tid is None and write.number is not None:
+        tid = optuna_private.trial_id(study, write.number)
+    a = write.args
+    if write.kind == "report":
+        try:
+            storage.set_trial_intermediate_value(tid, int(a["step"]), float(a["value"]))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # failed as stale meanwhile, or replayed after it was told
+    elif write.kind == "attr":
+        _set_attr_if_running(storage, tid, str(a["key"]), a["value"])
+    elif write.kind == "tell":
+        state = TrialState[a["state"]]
+        # skip_if_finished: told already, or failed as stale by another driver (params re-queued)
+        try:
+            if state == TrialState.COMPLETE:
+                study.tell(write.number, float(a["value"]), skip_if_finished=True)
+            else:
+                study.tell(write.number, state=state, skip_if_finished=True)
+        except Exception as exc:  # noqa: BLE001 - never leave a trial RUNNING
+            if is_outage_error(exc):
+                raise
+            study.tell(write.number, state=TrialState.FAIL, skip_if_finished=True)
+            return TrialState.FAIL
+        return state
+    elif write.kind == "requeue":
+        fail_and_requeue(study, [tid], reason=str(a.get("reason", DRIVER_DIED)))
+    elif write.kind == "orphans":
+        fail_and_requeue(study, _orphans(study, float(a["since"]), float(a["until"])), reason=STORAGE_OUTAGE)
+    elif write.kind == "ledger":
+        study.set_user_attr("ledger", ledger_of(study.get_trials(deepcopy=False)).to_attr())
+    else:
+        raise ValueError(f"unknown held write kind {write.kind!r}")
+    return None
+
+
+def _orphans(study: optuna.Study, since: float, until: float) -> list[int]:
+    """Storage ids of RUNNING trials nobody claimed that started in [since, until] (epoch s).
+
+    An outage that cuts `study.ask()` short can leave the trial it just made RUNNING before
+    this driver claimed it (DRIVER_ATTR). Nobody else created trials while the storage was
+    away, and live drivers claim theirs within milliseconds, so an unclaimed trial from that
+    interval is the interrupted ask's.
+    """
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        started = t.datetime_start.timestamp() if t.datetime_start else None
+        if DRIVER_ATTR not in t.user_attrs and started is not None and since <= started <= until:
+            out.append(optuna_private.trial_id(study, t.number))
+    return out
 
 
 def _driver_gone(trial: optuna.trial.FrozenTrial) -> bool:
@@ -194,27 +264,51 @@ def _driver_gone(trial: optuna.trial.FrozenTrial) -> bool:
         return False
 
 
-class _Heartbeat(threading.Thread):
-    """Beats for this driver's RUNNING trials every `interval` seconds."""
+class _Keeper(threading.Thread):
+    """The driver's background duties: heartbeats, held writes after an outage, stale reclaims.
 
-    def __init__(self, searcher: NoisesweepSearch, interval: float, stale_check_s: float | None) -> None:
-        super().__init__(name="noisesweep-heartbeat", daemon=True)
+    Wakes every `TICK_S`; beats every `interval` seconds while the storage answers; while it
+    does not, retries the held writes with backoff (sweep.outage) and beats at once when they
+    went through, so this driver's trials do not look dead a moment longer than needed.
+    """
+
+    TICK_S = 0.5
+
+    def __init__(self, searcher: NoisesweepSearch, interval: float | None, stale_check_s: float | None) -> None:
+        super().__init__(name="noisesweep-keeper", daemon=True)
         self.searcher = searcher
         self.interval = interval
         self.stale_check_s = stale_check_s
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        last_check = time.monotonic()
-        while not self.stop_event.wait(self.interval):
-            self.searcher.beat()
-            if self.stale_check_s and time.monotonic() - last_check >= self.stale_check_s:
-                last_check = time.monotonic()
-                self.searcher.reclaim_stale(self.stale_check_s)
+        last_beat = last_check = time.monotonic()
+        guard = self.searcher.guard
+        while not self.stop_event.wait(self.TICK_S):
+            try:
+                if not guard.ready():
+                    if guard.try_flush() and self.interval:
+                        self.searcher.beat()
+                        last_beat = time.monotonic()
+                    continue
+                now = time.monotonic()
+                if self.interval and now - last_beat >= self.interval:
+                    self.searcher.beat()
+                    last_beat = now
+                if self.stale_check_s and now - last_check >= self.stale_check_s:
+                    last_check = now
+                    self.searcher.reclaim_stale(self.stale_check_s)
+            except Exception:  # noqa: BLE001 - this thread must outlive any one failed duty
+                continue
 
 
 class NoisesweepSearch(OptunaSearch):
-    """OptunaSearch with the corrections listed in the module docstring."""
+    """OptunaSearch with the corrections listed in the module docstring.
+
+    Subclassing reaches into OptunaSearch's own state (`_ot_study`, `_ot_trials`,
+    `_completed_trials`, `_suggest_from_define_by_run_func`; ray/tune/search/optuna/optuna_search.py):
+    Ray offers no hooks for these corrections.
+    """
 
     def __init__(
         self,
@@ -233,6 +327,7 @@ class NoisesweepSearch(OptunaSearch):
         progress: Progress | None = None,
         heartbeat_interval: float | None = None,
         grace_period: float | None = None,
+        guard: StorageGuard | None = None,
     ) -> None:
         if not isinstance(storage, optuna.storages.BaseStorage):
             raise TypeError("NoisesweepSearch needs an optuna storage object, not a URL")
@@ -266,30 +361,44 @@ class NoisesweepSearch(OptunaSearch):
         self._rdb = optuna_private.rdb_of(storage)
         self._study_sid = optuna_private.study_id(self.study)
         self._storage_ids: dict[int, int] = {}  # trial number -> storage trial id
+        self._asking_since = 0.0  # when the last suggest started asking the study (epoch s)
         self.launched = 0
         self.finished_numbers: list[int] = []
         self.stop_reason: str | None = None
-        self._heartbeat: _Heartbeat | None = None
-        if heartbeat_interval:
-            self._heartbeat = _Heartbeat(self, heartbeat_interval, grace_period)
-            self._heartbeat.start()
+        if guard is None:
+            url = self._rdb.url if self._rdb is not None else study_name
+            guard = StorageGuard(url, lambda w: None, window_s=DEFAULT_OUTAGE_S,
+                                 say=progress.note if progress is not None else (lambda line: None))
+        self.guard = guard
+        self._told_fail: set[int] = set()  # trials whose value the storage refused (told FAIL)
+        self.guard.bind(self._apply, ping=lambda: optuna_private.study_id(self.study))
+        self._keeper = _Keeper(self, heartbeat_interval, grace_period)
+        self._keeper.start()
 
     # --- liveness -----------------------------------------------------------------------
     def beat(self) -> None:
-        """Record a heartbeat for every trial this driver is running."""
+        """Record a heartbeat for every trial this driver is running (skipped during an outage)."""
         storage = self._rdb
-        if storage is None or not storage.heartbeat_interval:
+        if storage is None or not storage.heartbeat_interval or not self.guard.ready():
             return
         with self._lock:
             ids = [self._storage_id(self._ot_trials[t].number) for t in self._running if t in self._ot_trials]
         for trial_id in ids:
             try:
                 storage.record_heartbeat(trial_id)
-            except Exception:  # noqa: BLE001 - a missed beat only risks a late FAIL
-                pass
+            except Exception as exc:  # noqa: BLE001 - a missed beat only risks a late FAIL
+                if is_outage_error(exc):
+                    self.guard.enter_outage(exc)
+                    return
 
     def reclaim_stale(self, grace_period_s: float) -> list[int]:
-        """During a run: fail and re-queue trials of drivers that died meanwhile (not ours)."""
+        """During a run: fail and re-queue trials of drivers that died meanwhile (not ours).
+
+        Not during an outage nor for a grace period after one: the other drivers' beats were
+        cut off too, and they are alive.
+        """
+        if self.guard.recovered_within(grace_period_s):
+            return []
         try:
             numbers = fail_stale_trials(self.study, grace_period_s=grace_period_s, exclude_driver=self.driver["id"])
         except Exception:  # noqa: BLE001 - the start-up check of the next run catches them
@@ -298,19 +407,48 @@ class NoisesweepSearch(OptunaSearch):
             self.progress.note(f"re-queued trial(s) {numbers} of a driver that stopped beating")
         return numbers
 
-    def close(self) -> list[int]:
-        """Stop beating; trials this driver still has RUNNING (Ctrl-C, a crash of Tune) are
-        failed as "driver died" and re-queued now, not left for the grace period to expire."""
-        if self._heartbeat is not None:
-            self._heartbeat.stop_event.set()
+    def close(self, *, wait: bool = True) -> list[int]:
+        """Stop the keeper; write what is held; trials this driver still has RUNNING (Ctrl-C, a
+        crash of Tune) are failed as "driver died" and re-queued now, not left for the grace
+        period to expire. With `wait`, held writes are retried through an outage and
+        sweep.outage.StorageUnavailable is raised past the window; without it (on the way out
+        of an interrupt) what cannot be written at once stays held for the caller to spool."""
+        self._keeper.stop_event.set()
         with self._lock:
-            left = [self._storage_id(self._ot_trials[t].number) for t in self._running
+            left = [(self._ot_trials[t].number, self._storage_id(self._ot_trials[t].number)) for t in self._running
                     if t in self._ot_trials and t not in self._completed_trials]
             self._running.clear()
-        return fail_and_requeue(self.study, sorted(left)) if left else []
+        if left:
+            self.guard.submit([HeldWrite("requeue", n, tid, {"reason": DRIVER_DIED}) for n, tid in sorted(left)])
+        if wait:
+            self.guard.blocking(lambda: None)
+        else:
+            self.guard.try_flush(force=True)
+        return sorted(n for n, _ in left)
 
     # --- Searcher API ---------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict | None:
+        """A new trial, or None while the storage is away (Tune asks again a moment later).
+
+        FINISHED once the outage outlasted its window: with no trial running, Tune waits in
+        `_update_trial_queue` for a suggestion and only a finished searcher ends that wait.
+        """
+        if self.guard.expired:
+            self.stop_reason = "storage unreachable past the outage window"
+            return Searcher.FINISHED
+        if not self.guard.ready():
+            return None
+        try:
+            return self._suggest(trial_id)
+        except Exception as exc:
+            if not is_outage_error(exc):
+                raise
+            self.guard.enter_outage(exc)
+            self._abandon(trial_id)
+            return None
+
+    def _suggest(self, trial_id: str) -> dict | None:
+        self._asking_since = time.time()
         with self._lock:
             if self.budget is not None:
                 ledger = ledger_of(self.study.get_trials(deepcopy=False))
@@ -333,6 +471,18 @@ class NoisesweepSearch(OptunaSearch):
         if self.progress is not None:
             self.progress.started(ot_trial.number, dict(ot_trial.params))
         return {**config, SEED_KEY: seed}
+
+    def _abandon(self, trial_id: str) -> None:
+        """A trial asked for just before the outage hit never ran: FAIL it and re-queue its params
+        (held until the storage is back), so it is neither lost nor left RUNNING."""
+        writes = [HeldWrite("orphans", args={"since": self._asking_since - 1.0, "until": time.time() + 1.0})]
+        with self._lock:
+            ot_trial = self._ot_trials.pop(trial_id, None)
+            self._plans.pop(trial_id, None)
+            if ot_trial is not None:
+                number = ot_trial.number
+                writes.insert(0, HeldWrite("requeue", number, self._storage_ids.get(number), {"reason": STORAGE_OUTAGE}))
+        self.guard.submit(writes)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -358,46 +508,51 @@ class NoisesweepSearch(OptunaSearch):
             last.setdefault("nan_step", step)  # correction 10: never report NaN to Optuna
             return
         last["value"] = float(value)
-        ot_trial = self._ot_trials[trial_id]
-        ot_trial.report(float(value), step)  # correction 2: the real training step
+        reported = last.setdefault("reported", set())
+        if step in reported:
+            return  # optuna keeps the first value of a step, as Trial.report does
+        reported.add(step)
+        number = self._ot_trials[trial_id].number
+        # correction 2: the real training step; held in order during an outage
+        self.guard.submit([HeldWrite("report", number, self._storage_id(number), {"step": step, "value": float(value)})])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
-        ot_trial = self._ot_trials[trial_id]
         result = result or {}
+        if self.guard.expired and not result.get(FINAL_KEY) and not error:
+            return  # Tune stopped it because the storage stayed away: left RUNNING, re-queued next run
+        ot_trial = self._ot_trials[trial_id]
         if result and not result.get(FINAL_KEY):
             # Tune hands the result that made the scheduler stop the trial to
             # on_trial_complete, not on_trial_result: record it as an intermediate value.
             self._record(trial_id, result)
         last = self._last.get(trial_id, {})
         state, value, reason, attrs = self._outcome(trial_id, result, error, last)
-        # correction 5: every user_attr before tell
-        for key, val in attrs.items():
-            ot_trial.set_user_attr(key, val)
+        number = ot_trial.number
+        tid = self._storage_id(number)
         if reason is not None:
-            ot_trial.set_user_attr("fail_reason", reason)
-        try:
-            if state == TrialState.COMPLETE:
-                self.study.tell(ot_trial, value)
-            else:
-                self.study.tell(ot_trial, state=state)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # another process failed it as stale; its params were re-queued
-        except Exception:  # noqa: BLE001 - never leave a trial RUNNING
-            self.study.tell(ot_trial, state=TrialState.FAIL)
-            state = TrialState.FAIL
+            attrs["fail_reason"] = reason
+        # correction 5: every user_attr before tell; then the ledger. Held in order during an outage.
+        writes = [HeldWrite("attr", number, tid, {"key": k, "value": v}) for k, v in attrs.items()]
+        writes.append(HeldWrite("tell", number, tid, {"state": state.name, "value": value}))
+        writes.append(HeldWrite("ledger"))
+        self.guard.submit(writes)
+        if number in self._told_fail:
+            state = TrialState.FAIL  # the storage refused the value: told FAIL instead
         with self._lock:
             self._completed_trials.add(trial_id)
             self._running.discard(trial_id)
-            self.finished_numbers.append(ot_trial.number)
-            trials = self.study.get_trials(deepcopy=False)
-            self.study.set_user_attr("ledger", ledger_of(trials).to_attr())
+            self.finished_numbers.append(number)
         if self.progress is not None:
             self.progress.finished(
-                ot_trial.number, state.name, value if state == TrialState.COMPLETE else last.get("value"),
+                number, state.name, value if state == TrialState.COMPLETE else last.get("value"),
                 attrs.get("last_step"), attrs.get("wall_time_s", 0.0), reason,
             )
+
+    def _apply(self, write: HeldWrite) -> None:
+        if apply_held_write(self.study, write) == TrialState.FAIL and write.kind == "tell" and write.args.get("state") != "FAIL":
+            self._told_fail.add(write.number)  # type: ignore[arg-type]
 
     def _outcome(
         self, trial_id: str, result: dict, error: bool, last: dict[str, Any]
@@ -458,8 +613,9 @@ class NoisesweepSearch(OptunaSearch):
         # driver killed while sampling must not leave an ownerless, beat-less RUNNING trial
         # that a resumed run cannot tell from a live one.
         ot_trial.set_user_attr(DRIVER_ATTR, self.driver)
+        tid = self._storage_id(ot_trial.number)
         if self._rdb is not None and self._rdb.heartbeat_interval:
-            self._rdb.record_heartbeat(self._storage_id(ot_trial.number))
+            self._rdb.record_heartbeat(tid)
         return super()._suggest_from_define_by_run_func(func, ot_trial)
 
     def _storage_id(self, number: int) -> int:
@@ -478,7 +634,7 @@ class NoisesweepSearch(OptunaSearch):
     def restore(self, checkpoint_path: str) -> None:
         raise RuntimeError("noisesweep never restores a searcher; it resumes from the study")
 
-    _UNPICKLED = ("_storage", "_rdb", "_ot_study", "study", "_ot_trials", "_heartbeat", "_lock", "progress")
+    _UNPICKLED = ("_storage", "_rdb", "_ot_study", "study", "_ot_trials", "_keeper", "guard", "_lock", "progress")
 
     def __getstate__(self) -> dict[str, Any]:
         """Ray pickles the search algorithm into tuner.pkl: leave the storage (and URL) out."""

@@ -23,10 +23,11 @@ from typing import IO, TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
+from ray.tune.stopper import Stopper
 
 from objective.result import StopTrial, TrialResult
 from quant.noise_plan import PLAN_ATTR, NoisePlan
-from sweep import bridge
+from sweep import bridge, outage
 from sweep.budget import Budget, ledger_of
 from sweep.errors import UserError
 from sweep.progress import Progress, ProgressCallback
@@ -85,6 +86,7 @@ class SweepPlan:
     trial_seed: int = 0
     study_attrs: dict[str, Any] = field(default_factory=dict)
     set_torch_threads: bool = True
+    storage_outage_s: float | None = None  # None: NOISESWEEP_OUTAGE_S or sweep.outage's default
 
 
 @dataclass
@@ -102,6 +104,7 @@ class SweepSummary:
     best_params: dict[str, Any]
     ledger: dict[str, Any]
     results_dir: str
+    outages: int = 0  # storage outages ridden out
 
 
 def _make_trainable(objective_fn: ObjectiveFn, metric: str, set_threads: bool, cpus: float) -> Callable:
@@ -288,37 +291,59 @@ def run_sweep(
     heartbeat_interval: int = 10,
     grace_period: int = 60,
     summary_every_s: float = 30.0,
+    outage_window_s: float | None = None,
 ) -> SweepSummary:
     """Run (or continue) the study until its budget is used; return a summary.
 
-    Resume: trials left RUNNING by a dead driver are failed ("driver died") and re-queued
-    once; then a new Tuner on the same study runs what is left of the budget. `max_trials`
-    (the CLI's --trials) overrides the trial budget.
+    Resume: writes a previous run held through a storage outage are applied first, trials left
+    RUNNING by a dead driver are failed ("driver died") and re-queued once; then a new Tuner on
+    the same study runs what is left of the budget. `max_trials` (the CLI's --trials) overrides
+    the trial budget. Storage outages are ridden out for `outage_window_s` (sweep.outage);
+    past it, StorageUnavailable after the held writes were spooled beside Ray's results.
     """
-    from ray import tune
-
     stream = stream if stream is not None else sys.stderr
     budget = plan.budget
     if max_trials is not None:
         budget = Budget(trials=max_trials, compute_hours=budget.compute_hours)
+    window = outage_window_s if outage_window_s is not None else outage.outage_window_s(plan.storage_outage_s)
     with warnings.catch_warnings():  # heartbeat_interval is "experimental" in optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
+    # ERROR: optuna logs each SQLAlchemy error it retries (SQL text and all); sweep.outage
+    # says what the user needs in one line
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    guard = outage.StorageGuard(storage_url, lambda w: None, window_s=window,
+                                say=lambda line: print(f"[sweep] {line}", file=stream, flush=True))
+    study = guard.blocking(lambda: optuna.create_study(
         storage=storage, study_name=plan.study_name, direction=plan.direction, load_if_exists=True
-    )
-    with study_lock(storage, plan.study_name):  # several drivers may start at once
-        failed_stale = bridge.fail_stale_trials(study, grace_period_s=grace_period)
-        for key, value in plan.study_attrs.items():
-            study.set_user_attr(key, value)
-        enqueued = bridge.enqueue_seed_configs(study, plan.seed_configs)
+    ))
+    guard.bind(lambda w: bridge.apply_held_write(study, w), ping=lambda: study.user_attrs)
+    out_dir = Path(results_dir) if results_dir else default_results_dir(plan.study_name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spool_path = out_dir / outage.SPOOL_NAME
 
-    ledger = ledger_of(study.get_trials(deepcopy=False))
+    def start_up() -> tuple[list[int], list[str], list[outage.HeldWrite]]:
+        with study_lock(storage, plan.study_name):  # several drivers may start at once
+            kept = outage.read_spool(spool_path, plan.study_name)
+            for write in kept:  # each is safe to apply twice (bridge.apply_held_write)
+                bridge.apply_held_write(study, write)
+            failed = bridge.fail_stale_trials(study, grace_period_s=grace_period)
+            for key, value in plan.study_attrs.items():
+                study.set_user_attr(key, value)
+            return failed, bridge.enqueue_seed_configs(study, plan.seed_configs), kept
+
+    failed_stale, enqueued, replayed = guard.blocking(start_up)
+    if replayed:
+        spool_path.unlink(missing_ok=True)
+    ledger = guard.blocking(lambda: ledger_of(study.get_trials(deepcopy=False)))
     remaining = budget.remaining_trials(ledger)
     progress = Progress(
         total_trials=remaining, direction=plan.direction, stream=stream, summary_every_s=summary_every_s
     )
+    guard.say = progress.note
+    if replayed:
+        told = sum(1 for w in replayed if w.kind == "tell")
+        progress.note(f"wrote {told} trial result(s) a previous run held through a storage outage ({spool_path})")
     if failed_stale:
         progress.note(f"failed {len(failed_stale)} trial(s) left running by a dead driver and re-queued them: {failed_stale}")
     progress.note(
@@ -327,7 +352,7 @@ def run_sweep(
     )
     refusal = budget.launch_refusal(ledger)
     scheduler, scheduler_name = build_scheduler(plan.pruning, plan.direction)
-    searcher = bridge.NoisesweepSearch(
+    searcher = guard.blocking(lambda: bridge.NoisesweepSearch(
         plan.space,
         storage=storage,
         study_name=plan.study_name,
@@ -342,61 +367,36 @@ def run_sweep(
         progress=progress,
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
-    )
-    out_dir = Path(results_dir) if results_dir else default_results_dir(plan.study_name)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        guard=guard,
+    ))
+    interrupted = False
     try:
-        if refusal is None:
-            ensure_ray()
-            from ray.tune.search import ConcurrencyLimiter
-
-            trainable = _make_trainable(plan.objective_fn, plan.metric, plan.set_torch_threads, plan.cpus_per_trial)
-            resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
-            tuner = tune.Tuner(
-                tune.with_resources(trainable, resources),
-                tune_config=tune.TuneConfig(
-                    search_alg=ConcurrencyLimiter(searcher, max_concurrent=max(plan.max_concurrent, 1)),
-                    scheduler=scheduler,
-                    # the searcher ends the run (Searcher.FINISHED) when the budget says so: it
-                    # sees the whole study, so trials re-queued mid-run and other drivers count
-                    num_samples=-1,
-                    # a fresh worker per trial costs ~2 s (process, imports, model load) plus the
-                    # fake-quant compile; reused workers measured 0.21 s vs 2.11 s extra per trial
-                    # (bench/sweep_overhead.py). Each trial still seeds and builds its own model.
-                    reuse_actors=True,
-                    trial_name_creator=_trial_name,
-                    trial_dirname_creator=_trial_name,
-                ),
-                run_config=tune.RunConfig(
-                    name=f"run-{int(time.time())}",
-                    storage_path=str(out_dir.resolve()),
-                    verbose=0,
-                    callbacks=[ProgressCallback(progress)],
-                    checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
-                    log_to_file=False,
-                ),
-            )
-            with warnings.catch_warnings():
-                # ask/tell drives the heartbeat ourselves (see bridge.fail_stale_trials)
-                warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                tuner.fit()
-        else:
-            searcher.stop_reason = refusal
+        try:
+            if refusal is None:
+                _fit(plan, searcher, scheduler, progress, guard, out_dir)
+            else:
+                searcher.stop_reason = refusal
+        except BaseException:
+            interrupted = True  # Ctrl-C or a crash: do not wait out an outage window on the way out
+            raise
+        finally:
+            abandoned = searcher.close(wait=not interrupted)  # StorageUnavailable past the window
+            if abandoned:
+                progress.note(f"trial(s) {abandoned} did not finish; failed and re-queued for the next run")
+        if guard.expired:
+            raise outage.StorageUnavailable(guard.exit_message())
+        trials, best = guard.blocking(lambda: _closing(study))
+        progress.summary()
+    except outage.StorageUnavailable:
+        held = sum(1 for w in guard.pending if w.kind == "tell")
+        kept = guard.spool(spool_path, plan.study_name)
+        raise outage.StorageUnavailable(guard.exit_message(kept, held)) from None
     finally:
-        abandoned = searcher.close()
-        if abandoned:
-            progress.note(f"trial(s) {abandoned} did not finish; failed and re-queued for the next run")
-    progress.summary()
-    trials = study.get_trials(deepcopy=False)
+        if guard.pending:  # interrupted with writes still held: keep them for the next run
+            guard.spool(spool_path, plan.study_name)
     counts = {s.name: sum(1 for t in trials if t.state == s) for s in TrialState}
-    best_number = best_value = None
-    best_params: dict[str, Any] = {}
-    completed = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
-    if completed:
-        best = study.best_trial
-        best_number, best_value, best_params = best.number, best.value, dict(best.params)
+    best_number, best_value, best_params = best
     final_ledger = ledger_of(trials).to_attr()
-    study.set_user_attr("ledger", final_ledger)
     return SweepSummary(
         study_name=plan.study_name,
         ran_now=list(searcher.finished_numbers),
@@ -409,7 +409,88 @@ def run_sweep(
         best_params=best_params,
         ledger=final_ledger,
         results_dir=str(out_dir),
+        outages=guard.outages,
     )
+
+
+def _closing(study: optuna.Study) -> tuple[list[Any], tuple[int | None, float | None, dict[str, Any]]]:
+    """The final read of the study and its ledger write (retried through an outage as one call)."""
+    trials = study.get_trials(deepcopy=False)
+    best: tuple[int | None, float | None, dict[str, Any]] = (None, None, {})
+    completed = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+    if completed:
+        b = study.best_trial
+        best = (b.number, b.value, dict(b.params))
+    study.set_user_attr("ledger", ledger_of(trials).to_attr())
+    return trials, best
+
+
+_GUARDS: dict[int, outage.StorageGuard] = {}  # OutageStopper key -> this process's guard
+
+
+class OutageStopper(Stopper):
+    """Tune Stopper that ends the experiment once the storage stayed away past the window.
+
+    Tune checks `stop_all()` every step and then stops all trials without telling the searcher
+    they completed (ray/tune/execution/tune_controller.py `_stop_experiment_if_needed`), so
+    unfinished trials stay RUNNING for the next run to re-queue. Tune copies and pickles its
+    run config, so the stopper holds only a key into this process's `_GUARDS`.
+    """
+
+    def __init__(self, guard: outage.StorageGuard) -> None:
+        super().__init__()
+        self.key = id(guard)
+        _GUARDS[self.key] = guard
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        guard = _GUARDS.get(self.key)
+        return bool(guard is not None and guard.expired)
+
+
+def _fit(plan: SweepPlan, searcher: bridge.NoisesweepSearch, scheduler: Any, progress: Progress,
+         guard: outage.StorageGuard, out_dir: Path) -> None:
+    """Build the Tuner on the searcher and run it until the searcher says FINISHED."""
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    ensure_ray()
+    trainable = _make_trainable(plan.objective_fn, plan.metric, plan.set_torch_threads, plan.cpus_per_trial)
+    resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, resources),
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=max(plan.max_concurrent, 1)),
+            scheduler=scheduler,
+            # the searcher ends the run (Searcher.FINISHED) when the budget says so: it
+            # sees the whole study, so trials re-queued mid-run and other drivers count
+            num_samples=-1,
+            # a fresh worker per trial costs ~2 s (process, imports, model load) plus the
+            # fake-quant compile; reused workers measured 0.21 s vs 2.11 s extra per trial
+            # (bench/sweep_overhead.py). Each trial still seeds and builds its own model.
+            reuse_actors=True,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=f"run-{int(time.time())}",
+            storage_path=str(out_dir.resolve()),
+            verbose=0,
+            stop=OutageStopper(guard),
+            callbacks=[ProgressCallback(progress)],
+            checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
+            log_to_file=False,
+        ),
+    )
+    with warnings.catch_warnings():
+        # ask/tell drives the heartbeat ourselves (see bridge.fail_stale_trials)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        try:
+            tuner.fit()
+        finally:
+            _GUARDS.pop(id(guard), None)
 
 
 def _plan_of(config: dict[str, Any]) -> NoisePlan:
@@ -485,4 +566,5 @@ def plan_from_spec(spec: StudySpec, *, objective_fn: ObjectiveFn | None = None) 
         trial_seed=spec.trial_seed,
         study_attrs=attrs,
         set_torch_threads=is_builtin,
+        storage_outage_s=spec.storage_outage_s,
     )
