@@ -40,7 +40,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from quant.noise_plan import PLAN_ATTR
 from sweep import optuna_private
-from sweep.budget import DRIVER_DIED, STORAGE_OUTAGE, Budget, ledger_of, trial_cost_hours
+from sweep.budget import DRIVER_DIED, NODE_LOST, STORAGE_OUTAGE, Budget, ledger_of, trial_cost_hours
 from sweep.outage import DEFAULT_OUTAGE_S, HeldWrite, StorageGuard, is_outage_error
 
 if TYPE_CHECKING:
@@ -56,6 +56,8 @@ ELAPSED_KEY = "ns_elapsed_s"
 METRICS_KEY = "ns_metrics_json"
 APPLIED_KEY = "ns_applied_json"
 SEED_KEY = "ns_seed"
+NODE_KEY = "ns_node_id"  # the Ray node a trial runs on (a lost node costs only its trials)
+NODE_LOSS_WAIT_S = 60.0  # how long a crashed trial waits for Ray to call its node dead
 SEED_CONFIG_ATTR = "seed_config"
 ENQUEUED_ATTR = "enqueued_seed_configs"
 REQUEUED_ATTR = "requeued_trials"
@@ -69,6 +71,26 @@ def driver_identity() -> dict[str, Any]:
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _alive_nodes() -> set[str]:
+    """Ids of the Ray nodes alive now (empty without Ray: unit tests drive the searcher bare)."""
+    return {n["NodeID"] for n in _ray_nodes() if n.get("Alive")}
+
+
+def _dead_nodes() -> set[str]:
+    return {n["NodeID"] for n in _ray_nodes() if not n.get("Alive")}
+
+
+def _ray_nodes() -> list[dict[str, Any]]:
+    import ray
+
+    if not ray.is_initialized():
+        return []
+    try:
+        return list(ray.nodes())
+    except Exception:  # noqa: BLE001 - the GCS busy or gone: no verdict this time
+        return []
 
 
 def enqueue_seed_configs(study: optuna.Study, seeds: list[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -139,12 +161,16 @@ def fail_stale_trials(
     return fail_and_requeue(study, sorted(stale_ids))
 
 
-def fail_and_requeue(study: optuna.Study, trial_ids: list[int], reason: str = DRIVER_DIED) -> list[int]:
+def fail_and_requeue(
+    study: optuna.Study, trial_ids: list[int], reason: str = DRIVER_DIED, *, requeue_copies: bool = True
+) -> list[int]:
     """FAIL RUNNING trials (reason first, while still writable) and enqueue their params once.
 
     Safe to call again after it was cut short (a storage outage between its writes): a trial
     already FAILed for `reason` but not yet re-queued is re-queued, and one whose re-queued
     copy exists (user_attr `requeued_trials` on any trial) never gets a second copy.
+    `requeue_copies=False`: a trial that is itself a re-queued copy is not re-queued again
+    (a config is re-run at most once for that reason).
     Returns the numbers of the trials failed by this call or a cut-short earlier one.
     """
     storage = optuna_private.study_storage(study)
@@ -163,7 +189,7 @@ def fail_and_requeue(study: optuna.Study, trial_ids: list[int], reason: str = DR
     requeued = set(study.user_attrs.get(REQUEUED_ATTR, []))
     requeued |= {t.user_attrs[REQUEUED_ATTR] for t in study.get_trials(deepcopy=False) if REQUEUED_ATTR in t.user_attrs}
     for t in failed:
-        if t.number in requeued:
+        if t.number in requeued or (not requeue_copies and REQUEUED_ATTR in t.user_attrs):
             continue
         attrs = {REQUEUED_ATTR: t.number}
         if SEED_CONFIG_ATTR in t.user_attrs:
@@ -208,7 +234,7 @@ def apply_held_write(study: optuna.Study, write: HeldWrite) -> TrialState | None
             return TrialState.FAIL
         return state
     elif write.kind == "requeue":
-        fail_and_requeue(study, [tid], reason=str(a.get("reason", DRIVER_DIED)))
+        fail_and_requeue(study, [tid], reason=str(a.get("reason", DRIVER_DIED)), requeue_copies=bool(a.get("copies", True)))
     elif write.kind == "orphans":
         fail_and_requeue(study, _orphans(study, float(a["since"]), float(a["until"])), reason=STORAGE_OUTAGE)
     elif write.kind == "ledger":
@@ -286,6 +312,7 @@ class _Keeper(threading.Thread):
         guard = self.searcher.guard
         while not self.stop_event.wait(self.TICK_S):
             try:
+                self.searcher._resolve_errors()
                 if not guard.ready():
                     if guard.try_flush() and self.interval:
                         self.searcher.beat()
@@ -362,6 +389,9 @@ class NoisesweepSearch(OptunaSearch):
         self._study_sid = optuna_private.study_id(self.study)
         self._storage_ids: dict[int, int] = {}  # trial number -> storage trial id
         self._asking_since = 0.0  # when the last suggest started asking the study (epoch s)
+        self._errored: dict[str, float] = {}  # crashed trials awaiting the node verdict -> deadline
+        self._nodes_at_start: dict[str, set[str]] = {}  # trial -> Ray nodes alive when it started
+        self.node_loss_wait_s = NODE_LOSS_WAIT_S
         self.launched = 0
         self.finished_numbers: list[int] = []
         self.stop_reason: str | None = None
@@ -414,6 +444,7 @@ class NoisesweepSearch(OptunaSearch):
         sweep.outage.StorageUnavailable is raised past the window; without it (on the way out
         of an interrupt) what cannot be written at once stays held for the caller to spool."""
         self._keeper.stop_event.set()
+        self._resolve_errors(final=True)
         with self._lock:
             left = [(self._ot_trials[t].number, self._storage_id(self._ot_trials[t].number)) for t in self._running
                     if t in self._ot_trials and t not in self._completed_trials]
@@ -438,6 +469,7 @@ class NoisesweepSearch(OptunaSearch):
             return Searcher.FINISHED
         if not self.guard.ready():
             return None
+        self._resolve_errors()
         try:
             return self._suggest(trial_id)
         except Exception as exc:
@@ -455,6 +487,8 @@ class NoisesweepSearch(OptunaSearch):
                 # count our own launched-but-not-yet-asked trials too
                 refusal = self.budget.launch_refusal(ledger)
                 if refusal is not None:
+                    if self._errored:
+                        return None  # a trial awaiting its node verdict may yet be re-queued
                     self.stop_reason = refusal
                     return Searcher.FINISHED
             config = super().suggest(trial_id)
@@ -466,6 +500,7 @@ class NoisesweepSearch(OptunaSearch):
                 self._plans[trial_id] = plan
                 ot_trial.set_user_attr(PLAN_ATTR, plan)
             self._started[trial_id] = time.time()
+            self._nodes_at_start[trial_id] = _alive_nodes()
             self._running.add(trial_id)
             self.launched += 1
         if self.progress is not None:
@@ -492,6 +527,8 @@ class NoisesweepSearch(OptunaSearch):
     def _record(self, trial_id: str, result: dict) -> None:
         """Keep the latest step/value and report a finite value at the real step."""
         last = self._last.setdefault(trial_id, {})
+        if result.get(NODE_KEY):
+            last["node"] = str(result[NODE_KEY])
         if ELAPSED_KEY in result:
             last["elapsed"] = float(result[ELAPSED_KEY])
         if result.get(FINAL_KEY):
@@ -522,20 +559,40 @@ class NoisesweepSearch(OptunaSearch):
         result = result or {}
         if self.guard.expired and not result.get(FINAL_KEY) and not error:
             return  # Tune stopped it because the storage stayed away: left RUNNING, re-queued next run
-        ot_trial = self._ot_trials[trial_id]
         if result and not result.get(FINAL_KEY):
             # Tune hands the result that made the scheduler stop the trial to
             # on_trial_complete, not on_trial_result: record it as an intermediate value.
             self._record(trial_id, result)
+        if error and not result.get(FINAL_KEY) and len(_ray_nodes()) > 1:
+            # A crashed trial process on a multi-node cluster: was it its node that went away?
+            # Ray marks a node dead only after its health checks fail, often after the actor's
+            # death reached Tune, so the verdict waits (keeper thread) up to NODE_LOSS_WAIT_S.
+            with self._lock:
+                self._errored[trial_id] = time.monotonic() + self.node_loss_wait_s
+            self._resolve_errors()
+            return
         last = self._last.get(trial_id, {})
         state, value, reason, attrs = self._outcome(trial_id, result, error, last)
-        number = ot_trial.number
+        self._finish(trial_id, state, value, reason, attrs)
+
+    def _finish(self, trial_id: str, state: TrialState, value: float | None, reason: str | None,
+                attrs: dict[str, Any], *, requeue: str | None = None) -> None:
+        """Write a finished trial (attrs before tell, then the ledger) and print its line.
+
+        `requeue` (a NOT_COUNTED reason): FAIL it for that reason and re-queue its params once
+        instead of a plain tell; its compute still lands in the ledger.
+        """
+        last = self._last.get(trial_id, {})
+        number = self._ot_trials[trial_id].number
         tid = self._storage_id(number)
-        if reason is not None:
+        if reason is not None and requeue is None:
             attrs["fail_reason"] = reason
         # correction 5: every user_attr before tell; then the ledger. Held in order during an outage.
         writes = [HeldWrite("attr", number, tid, {"key": k, "value": v}) for k, v in attrs.items()]
-        writes.append(HeldWrite("tell", number, tid, {"state": state.name, "value": value}))
+        if requeue is not None:
+            writes.append(HeldWrite("requeue", number, tid, {"reason": requeue, "copies": False}))
+        else:
+            writes.append(HeldWrite("tell", number, tid, {"state": state.name, "value": value}))
         writes.append(HeldWrite("ledger"))
         self.guard.submit(writes)
         if number in self._told_fail:
@@ -547,8 +604,41 @@ class NoisesweepSearch(OptunaSearch):
         if self.progress is not None:
             self.progress.finished(
                 number, state.name, value if state == TrialState.COMPLETE else last.get("value"),
-                attrs.get("last_step"), attrs.get("wall_time_s", 0.0), reason,
+                attrs.get("last_step"), attrs.get("wall_time_s", 0.0), reason, counted=requeue is None,
             )
+
+    # --- lost Ray nodes ---------------------------------------------------------------------
+    def _resolve_errors(self, *, final: bool = False) -> None:
+        """Decide the crashed trials: "Ray node lost" (FAIL, re-queued once) when the node the
+        trial ran on is dead, else a crash of its own once the wait is over (or `final`)."""
+        with self._lock:
+            pending = dict(self._errored)
+        if not pending:
+            return
+        dead = _dead_nodes()
+        for trial_id, deadline in pending.items():
+            lost = self._on_dead_node(trial_id, dead)
+            if not lost and not final and time.monotonic() < deadline:
+                continue
+            with self._lock:
+                if self._errored.pop(trial_id, None) is None:
+                    continue  # the other thread decided it meanwhile
+            last = self._last.get(trial_id, {})
+            state, value, reason, attrs = self._outcome(trial_id, {}, True, last)
+            if lost:
+                self._finish(trial_id, TrialState.FAIL, None, NODE_LOST, attrs, requeue=NODE_LOST)
+            else:
+                self._finish(trial_id, state, value, reason, attrs)
+
+    def _on_dead_node(self, trial_id: str, dead: set[str]) -> bool:
+        """The trial's node (from its results) is dead; without results yet, a node that was
+        alive when the trial started has died."""
+        if not dead:
+            return False
+        node = self._last.get(trial_id, {}).get("node")
+        if node:
+            return node in dead
+        return bool(self._nodes_at_start.get(trial_id, set()) & dead)
 
     def _apply(self, write: HeldWrite) -> None:
         if apply_held_write(self.study, write) == TrialState.FAIL and write.kind == "tell" and write.args.get("state") != "FAIL":

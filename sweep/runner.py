@@ -120,11 +120,13 @@ def _make_trainable(objective_fn: ObjectiveFn, metric: str, set_threads: bool, c
 
             torch.set_num_threads(threads)
         start = time.monotonic()
+        node = _node_id()
 
         def report(step: int, metrics: dict[str, float]) -> None:
             value = metrics.get(metric, float("nan"))
             _tune.report(
                 {
+                    bridge.NODE_KEY: node,
                     bridge.STEP_KEY: int(step),
                     bridge.OBJECTIVE_KEY: float(value) if value is not None else float("nan"),
                     bridge.ELAPSED_KEY: time.monotonic() - start,
@@ -141,6 +143,7 @@ def _make_trainable(objective_fn: ObjectiveFn, metric: str, set_threads: bool, c
         wall = result.wall_time_s if result.wall_time_s else time.monotonic() - start
         last_metrics = result.history[-1]["metrics"] if result.history else {}
         final: dict[str, Any] = {
+            bridge.NODE_KEY: node,
             bridge.FINAL_KEY: True,
             bridge.STATUS_KEY: result.status,
             bridge.OBJECTIVE_KEY: float(result.value) if result.value is not None else float("nan"),
@@ -157,6 +160,16 @@ def _make_trainable(objective_fn: ObjectiveFn, metric: str, set_threads: bool, c
 
     trainable.__name__ = "noisesweep_trial"
     return trainable
+
+
+def _node_id() -> str:
+    """The Ray node this trial runs on (reported with each result; see bridge.NODE_KEY)."""
+    import ray
+
+    try:
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:  # noqa: BLE001 - outside Ray (a trainable called directly in a test)
+        return ""
 
 
 def _trial_name(trial: Any) -> str:
@@ -241,10 +254,38 @@ def build_scheduler(pruning: PruningPlan, direction: str) -> tuple[Any, str]:
     raise ValueError(f"pruning.kind must be asha or median, got {pruning.kind!r}")
 
 
-def ensure_ray(num_cpus: int | None = None) -> None:
+RAY_LOG_NAME = "ray-driver.log"
+
+
+def route_ray_logs(log_path: Path | None) -> None:
+    """Ray's and Tune's own log records (the token-authentication notice, "Trial task failed"
+    with its traceback, "Trials did not complete") go to `log_path`, not the terminal, unless
+    NOISESWEEP_RAY_LOGS=1. The progress lines say what happened to the trials.
+
+    Why before ray.init: its notices are logged while it starts. ray.init(configure_logging=
+    True) only sets the level and format of the handlers the "ray" logger already has
+    (ray/_private/ray_logging/__init__.py `setup_logger`), so the file handler stays.
+    """
+    if log_path is None or os.environ.get("NOISESWEEP_RAY_LOGS") == "1":
+        return
+    import ray  # noqa: F401 - importing ray installs its stderr handler, which is replaced here
+
+    ray_logger = logging.getLogger("ray")
+    for handler in list(ray_logger.handlers):
+        if not isinstance(handler, logging.FileHandler):
+            ray_logger.removeHandler(handler)
+    if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == log_path.resolve()
+               for h in ray_logger.handlers):
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        ray_logger.addHandler(logging.FileHandler(log_path, encoding="utf-8", delay=True))
+    ray_logger.propagate = False
+
+
+def ensure_ray(num_cpus: int | None = None, *, log_path: Path | None = None) -> None:
     """Connect to RAY_ADDRESS when set, else start a quiet local Ray bound to 127.0.0.1."""
     import ray
 
+    route_ray_logs(log_path)
     for name in ("ray.tune.analysis.experiment_analysis", "ray.tune.tune", "ray.tune"):
         logging.getLogger(name).setLevel(logging.ERROR)
     if ray.is_initialized():
@@ -387,6 +428,9 @@ def run_sweep(
             raise outage.StorageUnavailable(guard.exit_message())
         trials, best = guard.blocking(lambda: _closing(study))
         progress.summary()
+        ray_log = out_dir / RAY_LOG_NAME
+        if refusal is None and ray_log.is_file() and ray_log.stat().st_size:
+            progress.note(f"Ray's own messages of this and earlier runs: {ray_log}")
     except outage.StorageUnavailable:
         held = sum(1 for w in guard.pending if w.kind == "tell")
         kept = guard.spool(spool_path, plan.study_name)
@@ -456,7 +500,7 @@ def _fit(plan: SweepPlan, searcher: bridge.NoisesweepSearch, scheduler: Any, pro
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    ensure_ray()
+    ensure_ray(log_path=out_dir / RAY_LOG_NAME)
     trainable = _make_trainable(plan.objective_fn, plan.metric, plan.set_torch_threads, plan.cpus_per_trial)
     resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
     tuner = tune.Tuner(
