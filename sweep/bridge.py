@@ -40,7 +40,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from quant.noise_plan import PLAN_ATTR
 from sweep import optuna_private, racing
-from sweep.budget import DRIVER_DIED, Budget, ledger_of, trial_cost_hours
+from sweep.budget import DRIVER_DIED, NODE_LOST, STORAGE_OUTAGE, Budget, ledger_of, trial_cost_hours
+from sweep.outage import DEFAULT_OUTAGE_S, HeldWrite, StorageGuard, is_outage_error
 
 if TYPE_CHECKING:
     from sweep.progress import Progress
@@ -55,6 +56,8 @@ ELAPSED_KEY = "ns_elapsed_s"
 METRICS_KEY = "ns_metrics_json"
 APPLIED_KEY = "ns_applied_json"
 SEED_KEY = "ns_seed"
+NODE_KEY = "ns_node_id"  # the Ray node a trial runs on (a lost node costs only its trials)
+NODE_LOSS_WAIT_S = 60.0  # how long a crashed trial waits for Ray to call its node dead
 SEED_CONFIG_ATTR = "seed_config"
 ENQUEUED_ATTR = "enqueued_seed_configs"
 REQUEUED_ATTR = "requeued_trials"
@@ -68,6 +71,26 @@ def driver_identity() -> dict[str, Any]:
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _alive_nodes() -> set[str]:
+    """Ids of the Ray nodes alive now (empty without Ray: unit tests drive the searcher bare)."""
+    return {n["NodeID"] for n in _ray_nodes() if n.get("Alive")}
+
+
+def _dead_nodes() -> set[str]:
+    return {n["NodeID"] for n in _ray_nodes() if not n.get("Alive")}
+
+
+def _ray_nodes() -> list[dict[str, Any]]:
+    import ray
+
+    if not ray.is_initialized():
+        return []
+    try:
+        return list(ray.nodes())
+    except Exception:  # noqa: BLE001 - the GCS busy or gone: no verdict this time
+        return []
 
 
 def enqueue_seed_configs(study: optuna.Study, seeds: list[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -138,30 +161,105 @@ def fail_stale_trials(
     return fail_and_requeue(study, sorted(stale_ids))
 
 
-def fail_and_requeue(study: optuna.Study, trial_ids: list[int], reason: str = DRIVER_DIED) -> list[int]:
-    """FAIL RUNNING trials (reason first, while still writable) and enqueue their params once."""
+def fail_and_requeue(
+    study: optuna.Study, trial_ids: list[int], reason: str = DRIVER_DIED, *, requeue_copies: bool = True
+) -> list[int]:
+    """FAIL RUNNING trials (reason first, while still writable) and enqueue their params once.
+
+    Safe to call again after it was cut short (a storage outage between its writes): a trial
+    already FAILed for `reason` but not yet re-queued is re-queued, and one whose re-queued
+    copy exists (user_attr `requeued_trials` on any trial) never gets a second copy.
+    `requeue_copies=False`: a trial that is itself a re-queued copy is not re-queued again
+    (a config is re-run at most once for that reason).
+    Returns the numbers of the trials failed by this call or a cut-short earlier one.
+    """
     storage = optuna_private.study_storage(study)
     failed: list[optuna.trial.FrozenTrial] = []
     for trial_id in trial_ids:
-        if not _set_attr_if_running(storage, trial_id, "fail_reason", reason):
-            continue
-        try:
-            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                failed.append(storage.get_trial(trial_id))
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass
+        if _set_attr_if_running(storage, trial_id, "fail_reason", reason):
+            try:
+                storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass
+        t = storage.get_trial(trial_id)
+        if t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") == reason:
+            failed.append(t)
+    if not failed:
+        return []
     requeued = set(study.user_attrs.get(REQUEUED_ATTR, []))
+    requeued |= {t.user_attrs[REQUEUED_ATTR] for t in study.get_trials(deepcopy=False) if REQUEUED_ATTR in t.user_attrs}
     for t in failed:
-        if t.number in requeued:
+        if t.number in requeued or (not requeue_copies and REQUEUED_ATTR in t.user_attrs):
             continue
         attrs = {REQUEUED_ATTR: t.number}
-        if SEED_CONFIG_ATTR in t.user_attrs:
-            attrs[SEED_CONFIG_ATTR] = t.user_attrs[SEED_CONFIG_ATTR]
+        # the copy is the same evaluation: same hand-config name, and a replicate keeps its seed
+        for key in (SEED_CONFIG_ATTR, racing.SEED_ATTR, racing.REPLICATE_ATTR, racing.RACING_ATTR):
+            if key in t.user_attrs and (key != racing.SEED_ATTR or racing.REPLICATE_ATTR in t.user_attrs):
+                attrs[key] = t.user_attrs[key]
         study.enqueue_trial(dict(t.params), user_attrs=attrs, skip_if_exists=False)
         requeued.add(t.number)
-    if failed:
-        study.set_user_attr(REQUEUED_ATTR, sorted(requeued))
+    study.set_user_attr(REQUEUED_ATTR, sorted(requeued))
     return [t.number for t in failed]
+
+
+def apply_held_write(study: optuna.Study, write: HeldWrite) -> TrialState | None:
+    """Apply one study write (sweep.outage.HeldWrite): now, after an outage, or from a spool file.
+
+    Each kind is safe to apply twice (an outage may hide whether the first try committed):
+    values and attrs are upserts, a finished trial is never told again. Returns the state a
+    `tell` wrote (FAIL when the storage refused the value), else None.
+    """
+    storage = optuna_private.study_storage(study)
+    tid = write.trial_id
+    if tid is None and write.number is not None:
+        tid = optuna_private.trial_id(study, write.number)
+    a = write.args
+    if write.kind == "report":
+        try:
+            storage.set_trial_intermediate_value(tid, int(a["step"]), float(a["value"]))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # failed as stale meanwhile, or replayed after it was told
+    elif write.kind == "attr":
+        _set_attr_if_running(storage, tid, str(a["key"]), a["value"])
+    elif write.kind == "tell":
+        state = TrialState[a["state"]]
+        # skip_if_finished: told already, or failed as stale by another driver (params re-queued)
+        try:
+            if state == TrialState.COMPLETE:
+                study.tell(write.number, float(a["value"]), skip_if_finished=True)
+            else:
+                study.tell(write.number, state=state, skip_if_finished=True)
+        except Exception as exc:  # noqa: BLE001 - never leave a trial RUNNING
+            if is_outage_error(exc):
+                raise
+            study.tell(write.number, state=TrialState.FAIL, skip_if_finished=True)
+            return TrialState.FAIL
+        return state
+    elif write.kind == "requeue":
+        fail_and_requeue(study, [tid], reason=str(a.get("reason", DRIVER_DIED)), requeue_copies=bool(a.get("copies", True)))
+    elif write.kind == "orphans":
+        fail_and_requeue(study, _orphans(study, float(a["since"]), float(a["until"])), reason=STORAGE_OUTAGE)
+    elif write.kind == "ledger":
+        study.set_user_attr("ledger", ledger_of(study.get_trials(deepcopy=False)).to_attr())
+    else:
+        raise ValueError(f"unknown held write kind {write.kind!r}")
+    return None
+
+
+def _orphans(study: optuna.Study, since: float, until: float) -> list[int]:
+    """Storage ids of RUNNING trials nobody claimed that started in [since, until] (epoch s).
+
+    An outage that cuts `study.ask()` short can leave the trial it just made RUNNING before
+    this driver claimed it (DRIVER_ATTR). Nobody else created trials while the storage was
+    away, and live drivers claim theirs within milliseconds, so an unclaimed trial from that
+    interval is the interrupted ask's.
+    """
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        started = t.datetime_start.timestamp() if t.datetime_start else None
+        if DRIVER_ATTR not in t.user_attrs and started is not None and since <= started <= until:
+            out.append(optuna_private.trial_id(study, t.number))
+    return out
 
 
 def _driver_gone(trial: optuna.trial.FrozenTrial) -> bool:
@@ -194,27 +292,52 @@ def _driver_gone(trial: optuna.trial.FrozenTrial) -> bool:
         return False
 
 
-class _Heartbeat(threading.Thread):
-    """Beats for this driver's RUNNING trials every `interval` seconds."""
+class _Keeper(threading.Thread):
+    """The driver's background duties: heartbeats, held writes after an outage, stale reclaims.
 
-    def __init__(self, searcher: NoisesweepSearch, interval: float, stale_check_s: float | None) -> None:
-        super().__init__(name="noisesweep-heartbeat", daemon=True)
+    Wakes every `TICK_S`; beats every `interval` seconds while the storage answers; while it
+    does not, retries the held writes with backoff (sweep.outage) and beats at once when they
+    went through, so this driver's trials do not look dead a moment longer than needed.
+    """
+
+    TICK_S = 0.5
+
+    def __init__(self, searcher: NoisesweepSearch, interval: float | None, stale_check_s: float | None) -> None:
+        super().__init__(name="noisesweep-keeper", daemon=True)
         self.searcher = searcher
         self.interval = interval
         self.stale_check_s = stale_check_s
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        last_check = time.monotonic()
-        while not self.stop_event.wait(self.interval):
-            self.searcher.beat()
-            if self.stale_check_s and time.monotonic() - last_check >= self.stale_check_s:
-                last_check = time.monotonic()
-                self.searcher.reclaim_stale(self.stale_check_s)
+        last_beat = last_check = time.monotonic()
+        guard = self.searcher.guard
+        while not self.stop_event.wait(self.TICK_S):
+            try:
+                self.searcher._resolve_errors()
+                if not guard.ready():
+                    if guard.try_flush() and self.interval:
+                        self.searcher.beat()
+                        last_beat = time.monotonic()
+                    continue
+                now = time.monotonic()
+                if self.interval and now - last_beat >= self.interval:
+                    self.searcher.beat()
+                    last_beat = now
+                if self.stale_check_s and now - last_check >= self.stale_check_s:
+                    last_check = now
+                    self.searcher.reclaim_stale(self.stale_check_s)
+            except Exception:  # noqa: BLE001 - this thread must outlive any one failed duty
+                continue
 
 
 class NoisesweepSearch(OptunaSearch):
-    """OptunaSearch with the corrections listed in the module docstring."""
+    """OptunaSearch with the corrections listed in the module docstring.
+
+    Subclassing reaches into OptunaSearch's own state (`_ot_study`, `_ot_trials`,
+    `_completed_trials`, `_suggest_from_define_by_run_func`; ray/tune/search/optuna/optuna_search.py):
+    Ray offers no hooks for these corrections.
+    """
 
     def __init__(
         self,
@@ -234,6 +357,7 @@ class NoisesweepSearch(OptunaSearch):
         heartbeat_interval: float | None = None,
         grace_period: float | None = None,
         racing_policy: racing.RacingPolicy | None = None,
+        guard: StorageGuard | None = None,
     ) -> None:
         if not isinstance(storage, optuna.storages.BaseStorage):
             raise TypeError("NoisesweepSearch needs an optuna storage object, not a URL")
@@ -269,30 +393,47 @@ class NoisesweepSearch(OptunaSearch):
         self._rdb = optuna_private.rdb_of(storage)
         self._study_sid = optuna_private.study_id(self.study)
         self._storage_ids: dict[int, int] = {}  # trial number -> storage trial id
+        self._asking_since = 0.0  # when the last suggest started asking the study (epoch s)
+        self._errored: dict[str, float] = {}  # crashed trials awaiting the node verdict -> deadline
+        self._nodes_at_start: dict[str, set[str]] = {}  # trial -> Ray nodes alive when it started
+        self.node_loss_wait_s = NODE_LOSS_WAIT_S
         self.launched = 0
         self.finished_numbers: list[int] = []
         self.stop_reason: str | None = None
-        self._heartbeat: _Heartbeat | None = None
-        if heartbeat_interval:
-            self._heartbeat = _Heartbeat(self, heartbeat_interval, grace_period)
-            self._heartbeat.start()
+        if guard is None:
+            url = self._rdb.url if self._rdb is not None else study_name
+            guard = StorageGuard(url, lambda w: None, window_s=DEFAULT_OUTAGE_S,
+                                 say=progress.note if progress is not None else (lambda line: None))
+        self.guard = guard
+        self._told_fail: set[int] = set()  # trials whose value the storage refused (told FAIL)
+        self.guard.bind(self._apply, ping=lambda: optuna_private.study_id(self.study))
+        self._keeper = _Keeper(self, heartbeat_interval, grace_period)
+        self._keeper.start()
 
     # --- liveness -----------------------------------------------------------------------
     def beat(self) -> None:
-        """Record a heartbeat for every trial this driver is running."""
+        """Record a heartbeat for every trial this driver is running (skipped during an outage)."""
         storage = self._rdb
-        if storage is None or not storage.heartbeat_interval:
+        if storage is None or not storage.heartbeat_interval or not self.guard.ready():
             return
         with self._lock:
             ids = [self._storage_id(self._ot_trials[t].number) for t in self._running if t in self._ot_trials]
         for trial_id in ids:
             try:
                 storage.record_heartbeat(trial_id)
-            except Exception:  # noqa: BLE001 - a missed beat only risks a late FAIL
-                pass
+            except Exception as exc:  # noqa: BLE001 - a missed beat only risks a late FAIL
+                if is_outage_error(exc):
+                    self.guard.enter_outage(exc)
+                    return
 
     def reclaim_stale(self, grace_period_s: float) -> list[int]:
-        """During a run: fail and re-queue trials of drivers that died meanwhile (not ours)."""
+        """During a run: fail and re-queue trials of drivers that died meanwhile (not ours).
+
+        Not during an outage nor for a grace period after one: the other drivers' beats were
+        cut off too, and they are alive.
+        """
+        if self.guard.recovered_within(grace_period_s):
+            return []
         try:
             numbers = fail_stale_trials(self.study, grace_period_s=grace_period_s, exclude_driver=self.driver["id"])
         except Exception:  # noqa: BLE001 - the start-up check of the next run catches them
@@ -301,25 +442,58 @@ class NoisesweepSearch(OptunaSearch):
             self.progress.note(f"re-queued trial(s) {numbers} of a driver that stopped beating")
         return numbers
 
-    def close(self) -> list[int]:
-        """Stop beating; trials this driver still has RUNNING (Ctrl-C, a crash of Tune) are
-        failed as "driver died" and re-queued now, not left for the grace period to expire."""
-        if self._heartbeat is not None:
-            self._heartbeat.stop_event.set()
+    def close(self, *, wait: bool = True) -> list[int]:
+        """Stop the keeper; write what is held; trials this driver still has RUNNING (Ctrl-C, a
+        crash of Tune) are failed as "driver died" and re-queued now, not left for the grace
+        period to expire. With `wait`, held writes are retried through an outage and
+        sweep.outage.StorageUnavailable is raised past the window; without it (on the way out
+        of an interrupt) what cannot be written at once stays held for the caller to spool."""
+        self._keeper.stop_event.set()
+        self._resolve_errors(final=True)
         with self._lock:
-            left = [self._storage_id(self._ot_trials[t].number) for t in self._running
+            left = [(self._ot_trials[t].number, self._storage_id(self._ot_trials[t].number)) for t in self._running
                     if t in self._ot_trials and t not in self._completed_trials]
             self._running.clear()
-        return fail_and_requeue(self.study, sorted(left)) if left else []
+        if left:
+            self.guard.submit([HeldWrite("requeue", n, tid, {"reason": DRIVER_DIED}) for n, tid in sorted(left)])
+        if wait:
+            self.guard.blocking(lambda: None)
+        else:
+            self.guard.try_flush(force=True)
+        return sorted(n for n, _ in left)
 
     # --- Searcher API ---------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict | None:
+        """A new trial, or None while the storage is away (Tune asks again a moment later).
+
+        FINISHED once the outage outlasted its window: with no trial running, Tune waits in
+        `_update_trial_queue` for a suggestion and only a finished searcher ends that wait.
+        """
+        if self.guard.expired:
+            self.stop_reason = "storage unreachable past the outage window"
+            return Searcher.FINISHED
+        if not self.guard.ready():
+            return None
+        self._resolve_errors()
+        try:
+            return self._suggest(trial_id)
+        except Exception as exc:
+            if not is_outage_error(exc):
+                raise
+            self.guard.enter_outage(exc)
+            self._abandon(trial_id)
+            return None
+
+    def _suggest(self, trial_id: str) -> dict | None:
+        self._asking_since = time.time()
         with self._lock:
             if self.budget is not None:
                 ledger = ledger_of(self.study.get_trials(deepcopy=False))
                 # count our own launched-but-not-yet-asked trials too
                 refusal = self.budget.launch_refusal(ledger)
                 if refusal is not None:
+                    if self._errored:
+                        return None  # a trial awaiting its node verdict may yet be re-queued
                     self.stop_reason = refusal
                     return Searcher.FINISHED
             if self.racing is not None:
@@ -335,6 +509,7 @@ class NoisesweepSearch(OptunaSearch):
                 self._plans[trial_id] = plan
                 ot_trial.set_user_attr(PLAN_ATTR, plan)
             self._started[trial_id] = time.time()
+            self._nodes_at_start[trial_id] = _alive_nodes()
             self._running.add(trial_id)
             self.launched += 1
         if self.progress is not None:
@@ -363,6 +538,18 @@ class NoisesweepSearch(OptunaSearch):
         if self.progress is not None:
             self.progress.note(f"racing: config of trial {rep.replicate_of} gets seed {rep.seed} ({rep.reason})")
 
+    def _abandon(self, trial_id: str) -> None:
+        """A trial asked for just before the outage hit never ran: FAIL it and re-queue its params
+        (held until the storage is back), so it is neither lost nor left RUNNING."""
+        writes = [HeldWrite("orphans", args={"since": self._asking_since - 1.0, "until": time.time() + 1.0})]
+        with self._lock:
+            ot_trial = self._ot_trials.pop(trial_id, None)
+            self._plans.pop(trial_id, None)
+            if ot_trial is not None:
+                number = ot_trial.number
+                writes.insert(0, HeldWrite("requeue", number, self._storage_ids.get(number), {"reason": STORAGE_OUTAGE}))
+        self.guard.submit(writes)
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
@@ -371,6 +558,8 @@ class NoisesweepSearch(OptunaSearch):
     def _record(self, trial_id: str, result: dict) -> None:
         """Keep the latest step/value and report a finite value at the real step."""
         last = self._last.setdefault(trial_id, {})
+        if result.get(NODE_KEY):
+            last["node"] = str(result[NODE_KEY])
         if ELAPSED_KEY in result:
             last["elapsed"] = float(result[ELAPSED_KEY])
         if result.get(FINAL_KEY):
@@ -387,46 +576,104 @@ class NoisesweepSearch(OptunaSearch):
             last.setdefault("nan_step", step)  # correction 10: never report NaN to Optuna
             return
         last["value"] = float(value)
-        ot_trial = self._ot_trials[trial_id]
-        ot_trial.report(float(value), step)  # correction 2: the real training step
+        reported = last.setdefault("reported", set())
+        if step in reported:
+            return  # optuna keeps the first value of a step, as Trial.report does
+        reported.add(step)
+        number = self._ot_trials[trial_id].number
+        # correction 2: the real training step; held in order during an outage
+        self.guard.submit([HeldWrite("report", number, self._storage_id(number), {"step": step, "value": float(value)})])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
-        ot_trial = self._ot_trials[trial_id]
         result = result or {}
+        if self.guard.expired and not result.get(FINAL_KEY) and not error:
+            return  # Tune stopped it because the storage stayed away: left RUNNING, re-queued next run
         if result and not result.get(FINAL_KEY):
             # Tune hands the result that made the scheduler stop the trial to
             # on_trial_complete, not on_trial_result: record it as an intermediate value.
             self._record(trial_id, result)
+        if error and not result.get(FINAL_KEY) and len(_ray_nodes()) > 1:
+            # A crashed trial process on a multi-node cluster: was it its node that went away?
+            # Ray marks a node dead only after its health checks fail, often after the actor's
+            # death reached Tune, so the verdict waits (keeper thread) up to NODE_LOSS_WAIT_S.
+            with self._lock:
+                self._errored[trial_id] = time.monotonic() + self.node_loss_wait_s
+            self._resolve_errors()
+            return
         last = self._last.get(trial_id, {})
         state, value, reason, attrs = self._outcome(trial_id, result, error, last)
-        # correction 5: every user_attr before tell
-        for key, val in attrs.items():
-            ot_trial.set_user_attr(key, val)
-        if reason is not None:
-            ot_trial.set_user_attr("fail_reason", reason)
-        try:
-            if state == TrialState.COMPLETE:
-                self.study.tell(ot_trial, value)
-            else:
-                self.study.tell(ot_trial, state=state)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # another process failed it as stale; its params were re-queued
-        except Exception:  # noqa: BLE001 - never leave a trial RUNNING
-            self.study.tell(ot_trial, state=TrialState.FAIL)
-            state = TrialState.FAIL
+        self._finish(trial_id, state, value, reason, attrs)
+
+    def _finish(self, trial_id: str, state: TrialState, value: float | None, reason: str | None,
+                attrs: dict[str, Any], *, requeue: str | None = None) -> None:
+        """Write a finished trial (attrs before tell, then the ledger) and print its line.
+
+        `requeue` (a NOT_COUNTED reason): FAIL it for that reason and re-queue its params once
+        instead of a plain tell; its compute still lands in the ledger.
+        """
+        last = self._last.get(trial_id, {})
+        number = self._ot_trials[trial_id].number
+        tid = self._storage_id(number)
+        if reason is not None and requeue is None:
+            attrs["fail_reason"] = reason
+        # correction 5: every user_attr before tell; then the ledger. Held in order during an outage.
+        writes = [HeldWrite("attr", number, tid, {"key": k, "value": v}) for k, v in attrs.items()]
+        if requeue is not None:
+            writes.append(HeldWrite("requeue", number, tid, {"reason": requeue, "copies": False}))
+        else:
+            writes.append(HeldWrite("tell", number, tid, {"state": state.name, "value": value}))
+        writes.append(HeldWrite("ledger"))
+        self.guard.submit(writes)
+        if number in self._told_fail:
+            state = TrialState.FAIL  # the storage refused the value: told FAIL instead
         with self._lock:
             self._completed_trials.add(trial_id)
             self._running.discard(trial_id)
-            self.finished_numbers.append(ot_trial.number)
-            trials = self.study.get_trials(deepcopy=False)
-            self.study.set_user_attr("ledger", ledger_of(trials).to_attr())
+            self.finished_numbers.append(number)
         if self.progress is not None:
             self.progress.finished(
-                ot_trial.number, state.name, value if state == TrialState.COMPLETE else last.get("value"),
-                attrs.get("last_step"), attrs.get("wall_time_s", 0.0), reason,
+                number, state.name, value if state == TrialState.COMPLETE else last.get("value"),
+                attrs.get("last_step"), attrs.get("wall_time_s", 0.0), reason, counted=requeue is None,
             )
+
+    # --- lost Ray nodes ---------------------------------------------------------------------
+    def _resolve_errors(self, *, final: bool = False) -> None:
+        """Decide the crashed trials: "Ray node lost" (FAIL, re-queued once) when the node the
+        trial ran on is dead, else a crash of its own once the wait is over (or `final`)."""
+        with self._lock:
+            pending = dict(self._errored)
+        if not pending:
+            return
+        dead = _dead_nodes()
+        for trial_id, deadline in pending.items():
+            lost = self._on_dead_node(trial_id, dead)
+            if not lost and not final and time.monotonic() < deadline:
+                continue
+            with self._lock:
+                if self._errored.pop(trial_id, None) is None:
+                    continue  # the other thread decided it meanwhile
+            last = self._last.get(trial_id, {})
+            state, value, reason, attrs = self._outcome(trial_id, {}, True, last)
+            if lost:
+                self._finish(trial_id, TrialState.FAIL, None, NODE_LOST, attrs, requeue=NODE_LOST)
+            else:
+                self._finish(trial_id, state, value, reason, attrs)
+
+    def _on_dead_node(self, trial_id: str, dead: set[str]) -> bool:
+        """The trial's node (from its results) is dead; without results yet, a node that was
+        alive when the trial started has died."""
+        if not dead:
+            return False
+        node = self._last.get(trial_id, {}).get("node")
+        if node:
+            return node in dead
+        return bool(self._nodes_at_start.get(trial_id, set()) & dead)
+
+    def _apply(self, write: HeldWrite) -> None:
+        if apply_held_write(self.study, write) == TrialState.FAIL and write.kind == "tell" and write.args.get("state") != "FAIL":
+            self._told_fail.add(write.number)  # type: ignore[arg-type]
 
     def _outcome(
         self, trial_id: str, result: dict, error: bool, last: dict[str, Any]
@@ -489,8 +736,9 @@ class NoisesweepSearch(OptunaSearch):
         # driver killed while sampling must not leave an ownerless, beat-less RUNNING trial
         # that a resumed run cannot tell from a live one.
         ot_trial.set_user_attr(DRIVER_ATTR, self.driver)
+        tid = self._storage_id(ot_trial.number)
         if self._rdb is not None and self._rdb.heartbeat_interval:
-            self._rdb.record_heartbeat(self._storage_id(ot_trial.number))
+            self._rdb.record_heartbeat(tid)
         return super()._suggest_from_define_by_run_func(func, ot_trial)
 
     def _storage_id(self, number: int) -> int:
@@ -509,7 +757,7 @@ class NoisesweepSearch(OptunaSearch):
     def restore(self, checkpoint_path: str) -> None:
         raise RuntimeError("noisesweep never restores a searcher; it resumes from the study")
 
-    _UNPICKLED = ("_storage", "_rdb", "_ot_study", "study", "_ot_trials", "_heartbeat", "_lock", "progress")
+    _UNPICKLED = ("_storage", "_rdb", "_ot_study", "study", "_ot_trials", "_keeper", "guard", "_lock", "progress")
 
     def __getstate__(self) -> dict[str, Any]:
         """Ray pickles the search algorithm into tuner.pkl: leave the storage (and URL) out."""

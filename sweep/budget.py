@@ -2,8 +2,10 @@
 
 Definitions (also in the report):
 - A trial *counts* toward the `trials` budget when it finished and consumed compute as a real
-  result: COMPLETE, PRUNED, or FAIL for any reason except a dead driver (those are re-queued
-  and run again, so counting them would charge the budget twice).
+  result: COMPLETE, PRUNED, or FAIL for any reason except one that says nothing about the config
+  (NOT_COUNTED_REASONS: a dead driver, a lost Ray node, a storage outage as it started). Those
+  are re-queued and run again, so counting them would charge the budget twice; their
+  compute-hours still count.
 - Compute-hours = wall time x cpus_per_trial (CPU-hours), or x gpus_per_trial when
   gpus_per_trial > 0 (GPU-hours). Every finished trial stores its `compute_hours` user_attr;
   the ledger is the sum over the study, recomputed from the trials (so several drivers never
@@ -22,6 +24,10 @@ import optuna
 from optuna.trial import TrialState
 
 DRIVER_DIED = "driver died"
+STORAGE_OUTAGE = "storage outage while starting"
+NODE_LOST = "Ray node lost"
+# FAIL reasons that say nothing about the config: the trial is re-queued and not counted.
+NOT_COUNTED_REASONS = frozenset({DRIVER_DIED, STORAGE_OUTAGE, NODE_LOST})
 
 
 def trial_cost_hours(wall_time_s: float, cpus_per_trial: float, gpus_per_trial: float) -> float:
@@ -35,7 +41,7 @@ def counts(trial: optuna.trial.FrozenTrial) -> bool:
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     if trial.state == TrialState.FAIL:
-        return trial.user_attrs.get("fail_reason") != DRIVER_DIED
+        return trial.user_attrs.get("fail_reason") not in NOT_COUNTED_REASONS
     return False
 
 

@@ -40,6 +40,7 @@ class Progress:
         self.start = time.monotonic()
         self._last_summary = self.start
         self.done = self.pruned = self.failed = self.running = 0
+        self.requeued = 0  # FAILs that say nothing about the config (a lost node): re-run, not counted
         self.best: tuple[float, int] | None = None
         self._durations: list[float] = []
 
@@ -53,11 +54,13 @@ class Progress:
 
     def finished(
         self, number: int, state: str, value: float | None, step: int | None,
-        wall_s: float, reason: str | None = None,
+        wall_s: float, reason: str | None = None, *, counted: bool = True,
     ) -> None:
         self.running = max(self.running - 1, 0)
         self._durations.append(wall_s)
-        if state == "COMPLETE":
+        if not counted:
+            self.requeued += 1
+        elif state == "COMPLETE":
             self.done += 1
             if value is not None and math.isfinite(value):
                 better = self.best is None or (
@@ -70,7 +73,7 @@ class Progress:
         else:
             self.failed += 1
         val = "-" if value is None else f"{value:.4f}"
-        why = f" ({reason})" if reason else ""
+        why = f" ({reason}{'' if counted else '; re-queued, not counted'})" if reason else ""
         self._print(
             f"[sweep] trial {number} {state.lower()} value={val} step={step} "
             f"in {_fmt_s(wall_s)}{why}"
@@ -89,7 +92,8 @@ class Progress:
         total = f"/{self.total_trials}" if self.total_trials is not None else ""
         return (
             f"[sweep] {finished}{total} finished: {self.done} done, {self.pruned} pruned, "
-            f"{self.failed} failed, {self.running} running | best {best} | "
+            f"{self.failed} failed{f' (+{self.requeued} re-queued)' if self.requeued else ''}, "
+            f"{self.running} running | best {best} | "
             f"elapsed {_fmt_s(elapsed)}, remaining ~{_fmt_s(remaining)}"
         )
 

@@ -23,10 +23,11 @@ from typing import IO, TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
+from ray.tune.stopper import Stopper
 
 from objective.result import StopTrial, TrialResult
 from quant.noise_plan import PLAN_ATTR, NoisePlan
-from sweep import bridge
+from sweep import bridge, outage
 from sweep.budget import Budget, ledger_of
 from sweep.racing import RacingPolicy
 from sweep.errors import UserError
@@ -87,6 +88,7 @@ class SweepPlan:
     racing: RacingPolicy | None = None  # None: one seed per config (plain Optuna)
     study_attrs: dict[str, Any] = field(default_factory=dict)
     set_torch_threads: bool = True
+    storage_outage_s: float | None = None  # None: NOISESWEEP_OUTAGE_S or sweep.outage's default
 
 
 @dataclass
@@ -104,6 +106,7 @@ class SweepSummary:
     best_params: dict[str, Any]
     ledger: dict[str, Any]
     results_dir: str
+    outages: int = 0  # storage outages ridden out
 
 
 def _make_trainable(objective_fn: ObjectiveFn, metric: str, set_threads: bool, cpus: float) -> Callable:
@@ -119,11 +122,13 @@ def _make_trainable(objective_fn: ObjectiveFn, metric: str, set_threads: bool, c
 
             torch.set_num_threads(threads)
         start = time.monotonic()
+        node = _node_id()
 
         def report(step: int, metrics: dict[str, float]) -> None:
             value = metrics.get(metric, float("nan"))
             _tune.report(
                 {
+                    bridge.NODE_KEY: node,
                     bridge.STEP_KEY: int(step),
                     bridge.OBJECTIVE_KEY: float(value) if value is not None else float("nan"),
                     bridge.ELAPSED_KEY: time.monotonic() - start,
@@ -140,6 +145,7 @@ def _make_trainable(objective_fn: ObjectiveFn, metric: str, set_threads: bool, c
         wall = result.wall_time_s if result.wall_time_s else time.monotonic() - start
         last_metrics = result.history[-1]["metrics"] if result.history else {}
         final: dict[str, Any] = {
+            bridge.NODE_KEY: node,
             bridge.FINAL_KEY: True,
             bridge.STATUS_KEY: result.status,
             bridge.OBJECTIVE_KEY: float(result.value) if result.value is not None else float("nan"),
@@ -156,6 +162,16 @@ def _make_trainable(objective_fn: ObjectiveFn, metric: str, set_threads: bool, c
 
     trainable.__name__ = "noisesweep_trial"
     return trainable
+
+
+def _node_id() -> str:
+    """The Ray node this trial runs on (reported with each result; see bridge.NODE_KEY)."""
+    import ray
+
+    try:
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:  # noqa: BLE001 - outside Ray (a trainable called directly in a test)
+        return ""
 
 
 def _trial_name(trial: Any) -> str:
@@ -250,10 +266,38 @@ def build_scheduler(
     raise ValueError(f"pruning.kind must be asha or median, got {pruning.kind!r}")
 
 
-def ensure_ray(num_cpus: int | None = None) -> None:
+RAY_LOG_NAME = "ray-driver.log"
+
+
+def route_ray_logs(log_path: Path | None) -> None:
+    """Ray's and Tune's own log records (the token-authentication notice, "Trial task failed"
+    with its traceback, "Trials did not complete") go to `log_path`, not the terminal, unless
+    NOISESWEEP_RAY_LOGS=1. The progress lines say what happened to the trials.
+
+    Why before ray.init: its notices are logged while it starts. ray.init(configure_logging=
+    True) only sets the level and format of the handlers the "ray" logger already has
+    (ray/_private/ray_logging/__init__.py `setup_logger`), so the file handler stays.
+    """
+    if log_path is None or os.environ.get("NOISESWEEP_RAY_LOGS") == "1":
+        return
+    import ray  # noqa: F401 - importing ray installs its stderr handler, which is replaced here
+
+    ray_logger = logging.getLogger("ray")
+    for handler in list(ray_logger.handlers):
+        if not isinstance(handler, logging.FileHandler):
+            ray_logger.removeHandler(handler)
+    if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == log_path.resolve()
+               for h in ray_logger.handlers):
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        ray_logger.addHandler(logging.FileHandler(log_path, encoding="utf-8", delay=True))
+    ray_logger.propagate = False
+
+
+def ensure_ray(num_cpus: int | None = None, *, log_path: Path | None = None) -> None:
     """Connect to RAY_ADDRESS when set, else start a quiet local Ray bound to 127.0.0.1."""
     import ray
 
+    route_ray_logs(log_path)
     for name in ("ray.tune.analysis.experiment_analysis", "ray.tune.tune", "ray.tune"):
         logging.getLogger(name).setLevel(logging.ERROR)
     if ray.is_initialized():
@@ -300,37 +344,59 @@ def run_sweep(
     heartbeat_interval: int = 10,
     grace_period: int = 60,
     summary_every_s: float = 30.0,
+    outage_window_s: float | None = None,
 ) -> SweepSummary:
     """Run (or continue) the study until its budget is used; return a summary.
 
-    Resume: trials left RUNNING by a dead driver are failed ("driver died") and re-queued
-    once; then a new Tuner on the same study runs what is left of the budget. `max_trials`
-    (the CLI's --trials) overrides the trial budget.
+    Resume: writes a previous run held through a storage outage are applied first, trials left
+    RUNNING by a dead driver are failed ("driver died") and re-queued once; then a new Tuner on
+    the same study runs what is left of the budget. `max_trials` (the CLI's --trials) overrides
+    the trial budget. Storage outages are ridden out for `outage_window_s` (sweep.outage);
+    past it, StorageUnavailable after the held writes were spooled beside Ray's results.
     """
-    from ray import tune
-
     stream = stream if stream is not None else sys.stderr
     budget = plan.budget
     if max_trials is not None:
         budget = Budget(trials=max_trials, compute_hours=budget.compute_hours)
+    window = outage_window_s if outage_window_s is not None else outage.outage_window_s(plan.storage_outage_s)
     with warnings.catch_warnings():  # heartbeat_interval is "experimental" in optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = open_storage(storage_url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
+    # ERROR: optuna logs each SQLAlchemy error it retries (SQL text and all); sweep.outage
+    # says what the user needs in one line
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    guard = outage.StorageGuard(storage_url, lambda w: None, window_s=window,
+                                say=lambda line: print(f"[sweep] {line}", file=stream, flush=True))
+    study = guard.blocking(lambda: optuna.create_study(
         storage=storage, study_name=plan.study_name, direction=plan.direction, load_if_exists=True
-    )
-    with study_lock(storage, plan.study_name):  # several drivers may start at once
-        failed_stale = bridge.fail_stale_trials(study, grace_period_s=grace_period)
-        for key, value in plan.study_attrs.items():
-            study.set_user_attr(key, value)
-        enqueued = bridge.enqueue_seed_configs(study, plan.seed_configs)
+    ))
+    guard.bind(lambda w: bridge.apply_held_write(study, w), ping=lambda: study.user_attrs)
+    out_dir = Path(results_dir) if results_dir else default_results_dir(plan.study_name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spool_path = out_dir / outage.SPOOL_NAME
 
-    ledger = ledger_of(study.get_trials(deepcopy=False))
+    def start_up() -> tuple[list[int], list[str], list[outage.HeldWrite]]:
+        with study_lock(storage, plan.study_name):  # several drivers may start at once
+            kept = outage.read_spool(spool_path, plan.study_name)
+            for write in kept:  # each is safe to apply twice (bridge.apply_held_write)
+                bridge.apply_held_write(study, write)
+            failed = bridge.fail_stale_trials(study, grace_period_s=grace_period)
+            for key, value in plan.study_attrs.items():
+                study.set_user_attr(key, value)
+            return failed, bridge.enqueue_seed_configs(study, plan.seed_configs), kept
+
+    failed_stale, enqueued, replayed = guard.blocking(start_up)
+    if replayed:
+        spool_path.unlink(missing_ok=True)
+    ledger = guard.blocking(lambda: ledger_of(study.get_trials(deepcopy=False)))
     remaining = budget.remaining_trials(ledger)
     progress = Progress(
         total_trials=remaining, direction=plan.direction, stream=stream, summary_every_s=summary_every_s
     )
+    guard.say = progress.note
+    if replayed:
+        told = sum(1 for w in replayed if w.kind == "tell")
+        progress.note(f"wrote {told} trial result(s) a previous run held through a storage outage ({spool_path})")
     if failed_stale:
         progress.note(f"failed {len(failed_stale)} trial(s) left running by a dead driver and re-queued them: {failed_stale}")
     progress.note(
@@ -341,7 +407,7 @@ def run_sweep(
     scheduler, scheduler_name = build_scheduler(
         plan.pruning, plan.direction, protect=lambda trial_id: trial_id in searcher.unprunable
     )
-    searcher = bridge.NoisesweepSearch(
+    searcher = guard.blocking(lambda: bridge.NoisesweepSearch(
         plan.space,
         storage=storage,
         study_name=plan.study_name,
@@ -357,61 +423,39 @@ def run_sweep(
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
         racing_policy=plan.racing,
-    )
-    out_dir = Path(results_dir) if results_dir else default_results_dir(plan.study_name)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        guard=guard,
+    ))
+    interrupted = False
     try:
-        if refusal is None:
-            ensure_ray()
-            from ray.tune.search import ConcurrencyLimiter
-
-            trainable = _make_trainable(plan.objective_fn, plan.metric, plan.set_torch_threads, plan.cpus_per_trial)
-            resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
-            tuner = tune.Tuner(
-                tune.with_resources(trainable, resources),
-                tune_config=tune.TuneConfig(
-                    search_alg=ConcurrencyLimiter(searcher, max_concurrent=max(plan.max_concurrent, 1)),
-                    scheduler=scheduler,
-                    # the searcher ends the run (Searcher.FINISHED) when the budget says so: it
-                    # sees the whole study, so trials re-queued mid-run and other drivers count
-                    num_samples=-1,
-                    # a fresh worker per trial costs ~2 s (process, imports, model load) plus the
-                    # fake-quant compile; reused workers measured 0.21 s vs 2.11 s extra per trial
-                    # (bench/sweep_overhead.py). Each trial still seeds and builds its own model.
-                    reuse_actors=True,
-                    trial_name_creator=_trial_name,
-                    trial_dirname_creator=_trial_name,
-                ),
-                run_config=tune.RunConfig(
-                    name=f"run-{int(time.time())}",
-                    storage_path=str(out_dir.resolve()),
-                    verbose=0,
-                    callbacks=[ProgressCallback(progress)],
-                    checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
-                    log_to_file=False,
-                ),
-            )
-            with warnings.catch_warnings():
-                # ask/tell drives the heartbeat ourselves (see bridge.fail_stale_trials)
-                warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                tuner.fit()
-        else:
-            searcher.stop_reason = refusal
+        try:
+            if refusal is None:
+                _fit(plan, searcher, scheduler, progress, guard, out_dir)
+            else:
+                searcher.stop_reason = refusal
+        except BaseException:
+            interrupted = True  # Ctrl-C or a crash: do not wait out an outage window on the way out
+            raise
+        finally:
+            abandoned = searcher.close(wait=not interrupted)  # StorageUnavailable past the window
+            if abandoned:
+                progress.note(f"trial(s) {abandoned} did not finish; failed and re-queued for the next run")
+        if guard.expired:
+            raise outage.StorageUnavailable(guard.exit_message())
+        trials, best = guard.blocking(lambda: _closing(study))
+        progress.summary()
+        ray_log = out_dir / RAY_LOG_NAME
+        if refusal is None and ray_log.is_file() and ray_log.stat().st_size:
+            progress.note(f"Ray's own messages of this and earlier runs: {ray_log}")
+    except outage.StorageUnavailable:
+        held = sum(1 for w in guard.pending if w.kind == "tell")
+        kept = guard.spool(spool_path, plan.study_name)
+        raise outage.StorageUnavailable(guard.exit_message(kept, held)) from None
     finally:
-        abandoned = searcher.close()
-        if abandoned:
-            progress.note(f"trial(s) {abandoned} did not finish; failed and re-queued for the next run")
-    progress.summary()
-    trials = study.get_trials(deepcopy=False)
+        if guard.pending:  # interrupted with writes still held: keep them for the next run
+            guard.spool(spool_path, plan.study_name)
     counts = {s.name: sum(1 for t in trials if t.state == s) for s in TrialState}
-    best_number = best_value = None
-    best_params: dict[str, Any] = {}
-    completed = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
-    if completed:
-        best = study.best_trial
-        best_number, best_value, best_params = best.number, best.value, dict(best.params)
+    best_number, best_value, best_params = best
     final_ledger = ledger_of(trials).to_attr()
-    study.set_user_attr("ledger", final_ledger)
     return SweepSummary(
         study_name=plan.study_name,
         ran_now=list(searcher.finished_numbers),
@@ -424,7 +468,88 @@ def run_sweep(
         best_params=best_params,
         ledger=final_ledger,
         results_dir=str(out_dir),
+        outages=guard.outages,
     )
+
+
+def _closing(study: optuna.Study) -> tuple[list[Any], tuple[int | None, float | None, dict[str, Any]]]:
+    """The final read of the study and its ledger write (retried through an outage as one call)."""
+    trials = study.get_trials(deepcopy=False)
+    best: tuple[int | None, float | None, dict[str, Any]] = (None, None, {})
+    completed = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+    if completed:
+        b = study.best_trial
+        best = (b.number, b.value, dict(b.params))
+    study.set_user_attr("ledger", ledger_of(trials).to_attr())
+    return trials, best
+
+
+_GUARDS: dict[int, outage.StorageGuard] = {}  # OutageStopper key -> this process's guard
+
+
+class OutageStopper(Stopper):
+    """Tune Stopper that ends the experiment once the storage stayed away past the window.
+
+    Tune checks `stop_all()` every step and then stops all trials without telling the searcher
+    they completed (ray/tune/execution/tune_controller.py `_stop_experiment_if_needed`), so
+    unfinished trials stay RUNNING for the next run to re-queue. Tune copies and pickles its
+    run config, so the stopper holds only a key into this process's `_GUARDS`.
+    """
+
+    def __init__(self, guard: outage.StorageGuard) -> None:
+        super().__init__()
+        self.key = id(guard)
+        _GUARDS[self.key] = guard
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        guard = _GUARDS.get(self.key)
+        return bool(guard is not None and guard.expired)
+
+
+def _fit(plan: SweepPlan, searcher: bridge.NoisesweepSearch, scheduler: Any, progress: Progress,
+         guard: outage.StorageGuard, out_dir: Path) -> None:
+    """Build the Tuner on the searcher and run it until the searcher says FINISHED."""
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    ensure_ray(log_path=out_dir / RAY_LOG_NAME)
+    trainable = _make_trainable(plan.objective_fn, plan.metric, plan.set_torch_threads, plan.cpus_per_trial)
+    resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, resources),
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=max(plan.max_concurrent, 1)),
+            scheduler=scheduler,
+            # the searcher ends the run (Searcher.FINISHED) when the budget says so: it
+            # sees the whole study, so trials re-queued mid-run and other drivers count
+            num_samples=-1,
+            # a fresh worker per trial costs ~2 s (process, imports, model load) plus the
+            # fake-quant compile; reused workers measured 0.21 s vs 2.11 s extra per trial
+            # (bench/sweep_overhead.py). Each trial still seeds and builds its own model.
+            reuse_actors=True,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=f"run-{int(time.time())}",
+            storage_path=str(out_dir.resolve()),
+            verbose=0,
+            stop=OutageStopper(guard),
+            callbacks=[ProgressCallback(progress)],
+            checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
+            log_to_file=False,
+        ),
+    )
+    with warnings.catch_warnings():
+        # ask/tell drives the heartbeat ourselves (see bridge.fail_stale_trials)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        try:
+            tuner.fit()
+        finally:
+            _GUARDS.pop(id(guard), None)
 
 
 def _plan_of(config: dict[str, Any]) -> NoisePlan:
@@ -501,4 +626,5 @@ def plan_from_spec(spec: StudySpec, *, objective_fn: ObjectiveFn | None = None) 
         racing=spec.racing.policy(first_seed=spec.trial_seed),
         study_attrs=attrs,
         set_torch_threads=is_builtin,
+        storage_outage_s=spec.storage_outage_s,
     )

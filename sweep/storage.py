@@ -50,10 +50,16 @@ class SafeRDBStorage(optuna.storages.RDBStorage):
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
+    """Engine options: pooled connections are checked before use, so a database restart costs
+    one reconnect instead of an error (sweep.outage retries what still fails)."""
     if url.startswith("sqlite"):
         # several threads of one driver (heartbeat, Tune callbacks) share the file
         return {"connect_args": {"timeout": 60}}
-    return {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("postgresql"):
+        # a host that went away must not hang a retry for the OS's TCP timeout (minutes)
+        kwargs["connect_args"] = {"connect_timeout": 5}
+    return kwargs
 
 
 def check_sqlite_path(url: str) -> None:

@@ -298,6 +298,7 @@ class StudySpec(StrictModel):
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     storage: str = DEFAULT_STORAGE
+    storage_outage_s: float = Field(600.0, gt=0)  # ride out a storage outage this long (sweep.outage)
     objective: Objective
     profile: str
     space: SpaceSpec = Field(default_factory=SpaceSpec)

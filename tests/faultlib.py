@@ -26,6 +26,7 @@ import yaml
 from optuna.trial import TrialState
 
 from objective.result import TrialResult
+from sweep.budget import NOT_COUNTED_REASONS
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -232,8 +233,13 @@ def finished(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.Frozen
     return [
         t for t in trials
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        or (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") != DRIVER_DIED)
+        or (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") not in NOT_COUNTED_REASONS)
     ]
+
+
+def requeued_fails(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """FAIL trials whose config was not at fault (driver died, node lost, outage): re-queued."""
+    return [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") in NOT_COUNTED_REASONS]
 
 
 def assert_sound_study(trials: list[optuna.trial.FrozenTrial], *, budget: int, seed_names: Iterable[str]) -> None:
@@ -241,8 +247,9 @@ def assert_sound_study(trials: list[optuna.trial.FrozenTrial], *, budget: int, s
 
     - exactly `budget` finished trials, none RUNNING or WAITING;
     - trial numbers unique and contiguous from 0;
-    - each seed config ran at most once among non-driver-death trials (a driver-death trial is
-      re-queued once, so a seed may appear once more on a FAIL "driver died" trial);
+    - each seed config ran at most once among counted trials (a trial failed for a reason that
+      is not the config's, sweep.budget.NOT_COUNTED_REASONS, is re-queued once, so a seed may
+      appear once more on such a FAIL trial);
     - every seed config ran (the budget is larger than the seed list).
     """
     numbers = sorted(t.number for t in trials)
@@ -259,8 +266,8 @@ def assert_sound_study(trials: list[optuna.trial.FrozenTrial], *, budget: int, s
     dup = {k: v for k, v in per_seed.items() if v > 1}
     assert not dup, f"seed configs run more than once: {dup}"
     assert set(per_seed) == set(seed_names), f"seed configs run: {sorted(per_seed)}, expected {sorted(seed_names)}"
-    # a driver-death trial is re-queued exactly once
-    died = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") == DRIVER_DIED]
+    # a driver-death (node-lost, outage) trial is re-queued exactly once
+    died = requeued_fails(trials)
     requeued = [t.user_attrs.get("requeued_trials") for t in trials if "requeued_trials" in t.user_attrs]
     assert sorted(requeued) == sorted(t.number for t in died), (requeued, [t.number for t in died])
 

@@ -65,6 +65,27 @@ class PostgresServer:
         _as_postgres([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "immediate", "stop"], check=False)
         shutil.rmtree(self.data_dir.parent, ignore_errors=True)
 
+    # --- outages: the server goes away and comes back on the same port -----------------------
+    def _pg_ctl(self, *args: str) -> subprocess.CompletedProcess:
+        return _as_postgres([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), *args])
+
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server (clients see refused connections) without removing its data."""
+        self._pg_ctl("-m", mode, "-w", "stop")
+
+    def resume(self) -> None:
+        """Start it again after `halt`, with the options it first started with."""
+        self._pg_ctl("-w", "-l", str(self.data_dir.parent / "server.log"), "-o", _server_options(self), "start")
+
+    def restart(self, mode: str = "fast") -> None:
+        """`pg_ctl restart -m fast`: every connection is cut, the server is back within a second."""
+        self._pg_ctl("-m", mode, "-w", "-l", str(self.data_dir.parent / "server.log"), "-o", _server_options(self),
+                     "restart")
+
+
+def _server_options(server: PostgresServer) -> str:
+    return f"-h 127.0.0.1 -p {server.port} -k {server.data_dir.parent} -c fsync=off -c max_connections=200"
+
 
 def _as_postgres(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess:
     """Run a PostgreSQL tool as the `postgres` user (initdb refuses to run as root)."""
@@ -91,11 +112,8 @@ def start_postgres(password: str) -> PostgresServer:
         "local all postgres trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n"
     )
     port = free_port()
-    _as_postgres(
-        [str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-w", "-l", str(root / "server.log"), "-o",
-         f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=200", "start"]
-    )
     server = PostgresServer(bin_dir=bin_dir, data_dir=data_dir, port=port, user="sweeper", password=password)
+    server.resume()
     deadline = time.time() + 30
     while True:
         try:

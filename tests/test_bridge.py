@@ -359,3 +359,54 @@ def test_protected_trials_are_never_cut_by_asha():
                                 for s in (5, 10)] for t in (bad, inc)}
         assert TrialScheduler.STOP in actions["bad"], kind
         assert actions["inc"] == [TrialScheduler.CONTINUE] * 2, kind
+
+
+def test_a_trial_on_a_lost_ray_node_fails_and_is_requeued_once(storage, monkeypatch):
+    # a lost node: the trial's process died (Tune: error=True) and Ray calls its node dead,
+    # possibly a moment later. The node list stands in for ray.nodes() on a two-node cluster
+    # (tests/test_ray_cluster.py removes a real node).
+    nodes = [{"NodeID": "node-a", "Alive": True}, {"NodeID": "node-b", "Alive": True}]
+    monkeypatch.setattr(bridge, "_ray_nodes", lambda: [dict(n) for n in nodes])
+    s = make(storage, budget=Budget(trials=2))
+    s.suggest("on-a")
+    s.suggest("on-b")
+    s.on_trial_result("on-a", {**res(5, 0.3, 1), bridge.NODE_KEY: "node-a"})
+    s.on_trial_result("on-b", {**res(5, 0.4, 1), bridge.NODE_KEY: "node-b"})
+    s.on_trial_complete("on-b", None, error=True)  # node b's raylet is gone; Ray has not noticed yet
+    assert {t.state for t in s.study.get_trials()} == {TrialState.RUNNING}  # no verdict yet
+    assert s.suggest("next") is None  # budget full, but a verdict pending: wait, do not finish
+    nodes[1]["Alive"] = False
+    s._resolve_errors()
+    lost = s.study.get_trials()[1]
+    assert lost.state == TrialState.FAIL and lost.user_attrs["fail_reason"] == "Ray node lost"
+    assert lost.user_attrs["compute_hours"] > 0  # the ledger charges the compute it spent
+    copies = [t for t in s.study.get_trials() if t.user_attrs.get("requeued_trials") == lost.number]
+    assert len(copies) == 1 and copies[0].system_attrs["fixed_params"] == lost.params
+    assert s.study.user_attrs["ledger"]["trials"] == 0  # not counted toward the trial budget
+    # the trial on node a is untouched and finishes normally
+    s.on_trial_complete("on-a", final(0.5))
+    assert s.study.get_trials()[0].state == TrialState.COMPLETE
+    # the re-queued copy is lost too: it fails, but is not re-queued a second time
+    while s.study.get_trials(states=(TrialState.WAITING,)):
+        tid = f"copy-{len(s.study.get_trials())}"
+        s.suggest(tid)
+        s.on_trial_result(tid, {**res(5, 0.2, 1), bridge.NODE_KEY: "node-b"})
+        s.on_trial_complete(tid, None, error=True)
+        s._resolve_errors()
+    again = [t for t in s.study.get_trials() if t.user_attrs.get("requeued_trials") == lost.number]
+    assert again[0].state == TrialState.FAIL and again[0].user_attrs["fail_reason"] == "Ray node lost"
+    assert not [t for t in s.study.get_trials() if t.user_attrs.get("requeued_trials") == again[0].number]
+
+
+def test_a_crash_on_a_live_node_is_the_trials_own_failure(storage, monkeypatch):
+    nodes = [{"NodeID": "node-a", "Alive": True}, {"NodeID": "node-b", "Alive": True}]
+    monkeypatch.setattr(bridge, "_ray_nodes", lambda: [dict(n) for n in nodes])
+    s = make(storage)
+    s.node_loss_wait_s = 0.0  # nobody calls node b dead: the wait is over at once
+    s.suggest("t1")
+    s.on_trial_result("t1", {**res(5, 0.3, 1), bridge.NODE_KEY: "node-b"})
+    s.on_trial_complete("t1", None, error=True)
+    s._resolve_errors()
+    t = only_trial(s)
+    assert t.state == TrialState.FAIL and "crashed" in t.user_attrs["fail_reason"]
+    assert "requeued_trials" not in s.study.user_attrs

@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def prepare(args: argparse.Namespace) -> tuple[Any, Any, str]:
     """Validate everything before Ray starts or the study is touched: (spec, plan, url)."""
     from sweep.preflight import preflight
+    from sweep.outage import outage_window_s
     from sweep.runner import plan_from_spec
     from sweep.storage import check_reachable
     from sweep.study_loader import load_study, resolve_storage
@@ -44,6 +45,7 @@ def prepare(args: argparse.Namespace) -> tuple[Any, Any, str]:
     preflight(spec)  # model/data/command paths a trial will open
     url = resolve_storage(spec, args.storage)
     check_reachable(url)
+    outage_window_s(spec.storage_outage_s)  # a bad NOISESWEEP_OUTAGE_S is said before Ray starts
     plan = plan_from_spec(spec)
     return spec, plan, url
 
@@ -86,6 +88,8 @@ def closing_text(summary: Any, spec: Any, url: str, args: argparse.Namespace) ->
     ]
     if summary.stop_reason:
         lines.append(f"stopped launching: {summary.stop_reason}")
+    if summary.outages:
+        lines.append(f"rode out {summary.outages} storage outage(s); nothing was lost")
     if summary.best_number is None:
         lines.append("no trial completed yet: nothing to report as best")
     else:
