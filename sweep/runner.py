@@ -89,6 +89,7 @@ class SweepPlan:
     study_attrs: dict[str, Any] = field(default_factory=dict)
     set_torch_threads: bool = True
     storage_outage_s: float | None = None  # None: NOISESWEEP_OUTAGE_S or sweep.outage's default
+    distributions: dict[str, Any] = field(default_factory=dict)  # the space's, checked against the study's trials
 
 
 @dataclass
@@ -371,6 +372,7 @@ def run_sweep(
         storage=storage, study_name=plan.study_name, direction=plan.direction, load_if_exists=True
     ))
     guard.bind(lambda w: bridge.apply_held_write(study, w), ping=lambda: study.user_attrs)
+    guard.blocking(lambda: check_space_unchanged(study, plan.distributions))
     out_dir = Path(results_dir) if results_dir else default_results_dir(plan.study_name)
     out_dir.mkdir(parents=True, exist_ok=True)
     spool_path = out_dir / outage.SPOOL_NAME
@@ -470,6 +472,34 @@ def run_sweep(
         results_dir=str(out_dir),
         outages=guard.outages,
     )
+
+
+def check_space_unchanged(study: optuna.Study, distributions: dict[str, Any]) -> None:
+    """Refuse, before anything is written, a study file whose search space no longer fits the
+    study's trials (other zone choices, ranges of another kind): Optuna would raise at the
+    first `ask`, after this run had already rewritten the study's attrs. The rule is Optuna's
+    own (optuna.distributions.check_distribution_compatibility); a range that widened or moved
+    is fine."""
+    if not distributions:
+        return
+    for t in study.get_trials(deepcopy=False):
+        for name, old in t.distributions.items():
+            new = distributions.get(name)
+            if new is None:
+                continue
+            try:
+                optuna.distributions.check_distribution_compatibility(old, new)
+            except ValueError as exc:
+                raise UserError(
+                    f"study {study.study_name!r}: the study file searches {name} as {_dist_text(new)}, but its "
+                    f"trials used {_dist_text(old)} ({exc}); give the study a new name"
+                ) from None
+
+
+def _dist_text(d: Any) -> str:
+    if isinstance(d, optuna.distributions.CategoricalDistribution):
+        return "choices [" + ", ".join(str(c) for c in d.choices) + "]"
+    return f"{type(d).__name__}({getattr(d, 'low', '?')}..{getattr(d, 'high', '?')})"
 
 
 def _closing(study: optuna.Study) -> tuple[list[Any], tuple[int | None, float | None, dict[str, Any]]]:
@@ -627,4 +657,5 @@ def plan_from_spec(spec: StudySpec, *, objective_fn: ObjectiveFn | None = None) 
         study_attrs=attrs,
         set_torch_threads=is_builtin,
         storage_outage_s=spec.storage_outage_s,
+        distributions=dict(space.distributions),
     )

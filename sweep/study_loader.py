@@ -61,7 +61,11 @@ def _model_num_layers(spec: StudySpec) -> int | None:
 
 
 def check_profile(spec: StudySpec, profile: SrddProfile, *, source: str) -> None:
-    """The profile must fit the study: known zone names, the model's depth, the quant format."""
+    """The profile must fit the study: zones with layers, known zone names, the model's depth,
+    the quant format."""
+    hollow = [z.name for z in profile.zones if not z.layers]
+    if hollow:
+        raise UserError(f"{source}: profile: {spec.profile}: zone {hollow[0]!r} has no layers")
     names = set(profile.zone_names())
     if isinstance(spec.space.zones, list):
         for choice in spec.space.zones:

@@ -43,6 +43,13 @@ def _builtin_study(**quant: Any) -> dict[str, Any]:
     }
 
 
+def _profile(edit: Callable[[dict[str, Any]], None]) -> str:
+    """The Qwen2.5 profile the base study uses, edited (NaN written as JSON's NaN token)."""
+    data = json.loads(faultlib.QWEN_PROFILE.read_text())
+    edit(data)
+    return json.dumps(data)
+
+
 def _base() -> dict[str, Any]:
     return command_study(STUDY, trials=4)
 
@@ -104,6 +111,78 @@ CASES = [
          "nosuch-study"),
     Case("best-missing-db", ["best", STUDY, "--storage", "sqlite:///{dir}/absent.db"], "absent.db"),
     Case("status-missing-db", ["status", "--storage", "sqlite:///{dir}/absent.db"], "absent.db"),
+    # ---- every study-file section
+    Case("name-bad-characters", RUN, "name", study=_edit(lambda s: s.update(name="my study!"))),
+    Case("storage-password-in-file", RUN, "password", study=_edit(lambda s: s.update(
+        storage=f"postgresql+psycopg://sweeper:{PG_PASSWORD}@127.0.0.1/x"))),
+    Case("objective-unknown-kind", RUN, "shell", study=_edit(lambda s: s["objective"].update(kind="shell"))),
+    Case("objective-builtin-unknown-key", RUN, "rnak",
+         study=lambda: _builtin_study() | {"objective": {**_builtin_study()["objective"], "config": {
+             **_builtin_study()["objective"]["config"], "lora": {"rnak": 8}}}}),
+    Case("seed-config-unknown-name", RUN, "E99-nope", study=_edit(lambda s: s.update(seed_configs=["E99-nope"]))),
+    Case("seed-config-end-and-ratio", RUN, "not both", study=_edit(lambda s: s.update(seed_configs=[
+        {"name": "x", "sigma_start": 0.05, "sigma_end": 0.001, "sigma_ratio": 0.1, "num_stages": 5}]))),
+    Case("budget-empty", RUN, "compute_hours", study=_edit(lambda s: s.update(budget={}))),
+    Case("pruning-rung-zero", RUN, "rungs", study=_edit(lambda s: s["pruning"].update(rungs=[0, 5]))),
+    Case("pruning-unknown-kind", RUN, "hyperband", study=_edit(lambda s: s["pruning"].update(kind="hyperband"))),
+    Case("resources-zero-concurrent", RUN, "max_concurrent",
+         study=_edit(lambda s: s["resources"].update(max_concurrent=0))),
+    Case("sampler-unknown-kind", RUN, "cmaes", study=_edit(lambda s: s["sampler"].update(kind="cmaes"))),
+    Case("sampler-prior-unknown-param", RUN, "sigma_mid",
+         study=_edit(lambda s: s["sampler"].update(kind="prior", prior={"sigma_mid": 0.01}))),
+    Case("confirm-zero-top", RUN, "confirm.top", study=_edit(lambda s: s.update(confirm={"top": 0}))),
+    Case("trial-seed-not-int", RUN, "trial_seed", study=_edit(lambda s: s.update(trial_seed="abc"))),
+    Case("space-changed-since-start", RUN, "new name", study=_base),  # 'base' in the db searched other zones
+    Case("outage-window-negative", RUN, "storage_outage_s", study=_edit(lambda s: s.update(storage_outage_s=-5))),
+    Case("outage-env-not-a-number", RUN, "NOISESWEEP_OUTAGE_S", study=_base, env={"NOISESWEEP_OUTAGE_S": "soon"}),
+    Case("space-alpha-negative", RUN, "alpha", study=_edit(lambda s: s.update(space={"alpha": {"low": -1, "high": 1}}))),
+    Case("space-unknown-site", RUN, "site", study=_edit(lambda s: s.update(space={"site": ["attention"]}))),
+    # ---- the command objective's spec
+    Case("command-empty", RUN, "command", study=_edit(lambda s: s["objective"]["command"].update(command=[]))),
+    Case("command-unknown-key", RUN, "retries", study=_edit(lambda s: s["objective"]["command"].update(retries=3))),
+    Case("command-extra-override-not-key-value", RUN, "extra_overrides",
+         study=_edit(lambda s: s["objective"]["command"].update(extra_overrides=["trainer.total_epochs"]))),
+    Case("command-negative-timeout", RUN, "timeout_s",
+         study=_edit(lambda s: s["objective"]["command"].update(timeout_s=-1))),
+    Case("command-missing-cwd", RUN, "cwd",
+         study=_edit(lambda s: s["objective"]["command"].update(cwd="/nonexistent/verl-checkout"))),
+    Case("command-empty-param-key", RUN, "param_map",
+         study=_edit(lambda s: s["objective"]["command"]["param_map"].update(sigma_start=[]))),
+    # ---- profile edge cases
+    Case("profile-nan-error", RUN, "nan.json", study=_edit(lambda s: s.update(profile="nan.json")),
+         files={"nan.json": _profile(lambda d: d["layers"][3]["output"].update(rel_error=float("nan")))}),
+    Case("profile-negative-error", RUN, "negative.json", study=_edit(lambda s: s.update(profile="negative.json")),
+         files={"negative.json": _profile(lambda d: d["layers"][5]["output"].update(rel_error=-0.2))}),
+    Case("profile-no-layers", RUN, "empty.json", study=_edit(lambda s: s.update(profile="empty.json")),
+         files={"empty.json": _profile(lambda d: d.update(layers=[], num_layers=0, zones=[]))}),
+    Case("profile-zone-without-layers", RUN, "hollow.json", study=_edit(lambda s: s.update(profile="hollow.json")),
+         files={"hollow.json": _profile(lambda d: d["zones"].append({"name": "ghost", "layers": []}))}),
+    Case("profile-zone-layer-out-of-range", RUN, "range.json", study=_edit(lambda s: s.update(profile="range.json")),
+         files={"range.json": _profile(lambda d: d["zones"][0]["layers"].append(99))}),
+    # ---- every command
+    Case("trial-bad-params-json", ["trial", "{study}", "--params", "{{sigma_start: 0.01"], "--params", study=_base),
+    Case("trial-unknown-param", ["trial", "{study}", "--params", '{{"sigma_mid": 0.01}}'], "sigma_mid", study=_base),
+    Case("trial-missing-script", ["trial", "{study}"], "no_such_train.sh", study=_edit(
+        lambda s: s["objective"]["command"].update(command=["bash", "no_such_train.sh"]))),
+    Case("status-unknown-study", ["status", "nosuch-study", "--storage", "sqlite:///{db}"], "nosuch-study"),
+    Case("best-unknown-study", ["best", "nosuch-study", "--storage", "sqlite:///{db}"], "nosuch-study"),
+    Case("confirm-zero-seeds", ["confirm", "{study}", "--storage", "sqlite:///{db}", "--seeds", "0"], "--seeds",
+         study=_base),
+    Case("confirm-unknown-study", ["confirm", "nosuch-study", "--storage", "sqlite:///{db}"], "nosuch-study"),
+    Case("export-into-missing-folder", ["export", STUDY, "--storage", "sqlite:///{db}", "--format", "json",
+                                        "-o", "{dir}/no/such/dir/best.json"], "no/such/dir"),
+    Case("report-unknown-study", ["report", "nosuch-study", "--storage", "sqlite:///{db}", "-o", "{dir}/rep"],
+         "nosuch-study"),
+    Case("report-output-is-a-file", ["report", "{study}", "--storage", "sqlite:///{db}", "-o", "{study}"],
+         "study.yaml", study=_base),
+    Case("dashboard-bad-port", ["dashboard", "--storage", "sqlite:///{db}", "--port", "70000"], "--port"),
+    Case("dashboard-missing-db", ["dashboard", "--storage", "sqlite:///{dir}/absent.db"], "absent.db"),
+    Case("srdd-unknown-format", ["srdd", "--model", "tiny", "--format", "mxfp5", "--out", "{dir}/p.json"], "mxfp5"),
+    Case("srdd-missing-model", ["srdd", "--model", "{dir}/no-model", "--out", "{dir}/p.json"], "no-model"),
+    Case("srdd-zero-batches", ["srdd", "--model", "tiny", "--batches", "0", "--out", "{dir}/p.json"], "--batches"),
+    Case("srdd-out-is-a-folder", ["srdd", "--model", "tiny", "--out", "{dir}"], "directory"),
+    Case("srdd-zero-batch-size", ["srdd", "--model", "tiny", "--batch-size", "0", "--out", "{dir}/p.json"],
+         "--batch-size"),
 ]
 
 
@@ -190,6 +269,24 @@ def test_bad_input_is_one_line_and_writes_nothing(case: Case, work, capsys):
     assert _snapshot(tmp, db) == before, "the case wrote to the study or the work dir"
 
 
-def test_table_is_big_enough():
-    """The issue asks for at least 15 malformed inputs; each id is one distinct problem."""
-    assert len({c.id for c in CASES}) == len(CASES) >= 15
+COMMANDS = ("run", "trial", "status", "best", "confirm", "export", "report", "dashboard", "srdd")
+# study-file section (sweep.study.StudySpec's fields) -> the case that breaks it
+SECTION_CASES = {
+    "name": "name-bad-characters", "storage": "storage-password-in-file", "objective": "objective-unknown-kind",
+    "profile": "missing-profile", "space": "sigma-range-reversed", "seed_configs": "seed-config-unknown-name",
+    "budget": "budget-empty", "pruning": "pruning-rung-zero", "resources": "resources-zero-concurrent",
+    "sampler": "sampler-unknown-kind", "confirm": "confirm-zero-top", "trial_seed": "trial-seed-not-int",
+    "storage_outage_s": "outage-window-negative",
+}
+
+
+def test_table_is_big_enough_and_covers_every_command_and_section():
+    """At least 40 malformed inputs, each id one distinct problem; every command and every
+    study-file section has a case of its own."""
+    from sweep.study import StudySpec
+
+    ids = [c.id for c in CASES]
+    assert len(set(ids)) == len(ids) >= 40
+    assert {c.argv[0] for c in CASES} == set(COMMANDS)
+    assert set(SECTION_CASES) == set(StudySpec.model_fields)
+    assert set(SECTION_CASES.values()) <= set(ids)

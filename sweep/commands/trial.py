@@ -148,7 +148,9 @@ def run(args: argparse.Namespace) -> int:
             out["config"] = config.model_dump(mode="json")
         else:
             from objective.command import run_command_trial
+            from sweep.preflight import preflight
 
+            preflight(spec)  # a missing script or folder is a one-line error, not a failed trial
             cmd = spec.objective.command
             if config_sets:  # extra Hydra overrides for the user's command, passed through as written
                 cmd = cmd.model_copy(update={"extra_overrides": [*cmd.extra_overrides, *config_sets]})
