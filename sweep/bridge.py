@@ -40,7 +40,14 @@ from ray.tune.search.optuna import OptunaSearch
 
 from quant.noise_plan import PLAN_ATTR
 from sweep import optuna_private
-from sweep.budget import DRIVER_DIED, NODE_LOST, STORAGE_OUTAGE, Budget, ledger_of, trial_cost_hours
+from sweep.budget import (
+    DRIVER_DIED,
+    NODE_LOST,
+    STORAGE_OUTAGE,
+    Budget,
+    ledger_of,
+    trial_cost_hours,
+)
 from sweep.outage import DEFAULT_OUTAGE_S, HeldWrite, StorageGuard, is_outage_error
 
 if TYPE_CHECKING:
