@@ -30,7 +30,7 @@ from sweep import optuna_private
 from sweep.best import best_result
 from sweep.best_text import applied_text, ci_text
 from sweep.errors import UserError
-from sweep.record import StudyRecord, attach_spec
+from sweep.record import StudyRecord, attach_spec, set_metric_name
 from sweep.secrets import mask_url
 
 PROFILE_JSON = "srdd_profile.json"
@@ -177,6 +177,8 @@ def prepare(storage: Any, url: str, artifact_dir: str | Path) -> tuple[list[str]
             continue
         record = StudyRecord(study=study, storage_url=url)
         attach_spec(record, None)
+        if record.spec is not None:  # studies run before the runner named their metric
+            set_metric_name(study, record.spec.metric)
         text = note_text(record)
         note_state = "note kept"
         if _current_note(study) != text:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -188,3 +189,12 @@ def attach_spec(record: StudyRecord, file_spec: StudySpec | None) -> None:
             record.space = SearchSpace.from_spec(spec, profile)
         except (ValueError, UserError) as exc:
             record.notes.append(f"search space: {str(exc).splitlines()[0]}")
+
+
+def set_metric_name(study: optuna.Study, metric: str) -> None:
+    """Name the objective (optuna-dashboard shows it instead of "Objective 0"); written once."""
+    if study.metric_names == [metric]:
+        return
+    with warnings.catch_warnings():  # Study.set_metric_names is "experimental" in optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([metric])

@@ -32,6 +32,7 @@ from sweep.budget import Budget, ledger_of
 from sweep.racing import RacingPolicy
 from sweep.errors import UserError
 from sweep.progress import Progress, ProgressCallback
+from sweep.record import set_metric_name
 from sweep.secrets import mask_url
 from sweep.storage import open_storage, study_lock
 
@@ -385,6 +386,7 @@ def run_sweep(
             failed = bridge.fail_stale_trials(study, grace_period_s=grace_period)
             for key, value in plan.study_attrs.items():
                 study.set_user_attr(key, value)
+            set_metric_name(study, plan.metric)
             return failed, bridge.enqueue_seed_configs(study, plan.seed_configs), kept
 
     failed_stale, enqueued, replayed = guard.blocking(start_up)

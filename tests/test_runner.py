@@ -119,6 +119,7 @@ def test_sweep_prunes_at_real_steps_and_writes_no_secret(ray_local, tmp_path, mo
     assert study.best_trial.user_attrs["last_step"] == 20
     assert summary.best_number == by_seed["A"].number
     assert study.user_attrs["ledger"]["trials"] == 7
+    assert study.metric_names == ["acc"]  # optuna-dashboard shows the metric, not "Objective 0"
     # the live display: events, and a summary with counts and best so far
     shown = stream.getvalue()
     assert f"trial {b.number} pruned" in shown
@@ -245,3 +246,49 @@ def test_run_and_status_commands(ray_local, tmp_path, monkeypatch, capsys):
     table = capsys.readouterr().out
     assert "verl-command-mxfp4-w4a4" in table and "3/24 trials" in table
     assert main(["status", "--storage", url, "nope"]) == 2
+
+
+def test_ray_log_records_go_to_the_log_file_not_the_terminal(tmp_path, monkeypatch, capfd):
+    """Ray's own notices (the token-authentication one in the middle of `make sweep`, Tune's
+    "Trial task failed" tracebacks) land in ray-driver.log; NOISESWEEP_RAY_LOGS=1 keeps them."""
+    import logging
+
+    ray_logger = logging.getLogger("ray")
+    saved = (list(ray_logger.handlers), ray_logger.propagate)
+    try:
+        log = tmp_path / "ray-driver.log"
+        monkeypatch.delenv("NOISESWEEP_RAY_LOGS", raising=False)
+        runner.route_ray_logs(log)
+        runner.route_ray_logs(log)  # a second run in the same process adds no second handler
+        logging.getLogger("ray._private.authentication").warning("Token authentication is enabled for this Ray cluster.")
+        logging.getLogger("ray.tune.execution.tune_controller").error("Trial task failed for trial trial_1")
+        for h in ray_logger.handlers:
+            h.flush()
+        err = capfd.readouterr().err
+        assert "Token authentication" not in err and "Trial task failed" not in err
+        text = log.read_text()
+        assert text.count("Token authentication is enabled") == 1 and "Trial task failed" in text
+        # with NOISESWEEP_RAY_LOGS=1 Ray's handlers are left as they are
+        ray_logger.handlers[:] = saved[0]
+        monkeypatch.setenv("NOISESWEEP_RAY_LOGS", "1")
+        runner.route_ray_logs(tmp_path / "other.log")
+        assert ray_logger.handlers == saved[0] and not (tmp_path / "other.log").exists()
+    finally:
+        for h in ray_logger.handlers:
+            if h not in saved[0]:
+                h.close()
+        ray_logger.handlers[:] = saved[0]
+        ray_logger.propagate = saved[1]
+
+
+@pytest.mark.slow
+def test_the_cli_prints_only_its_own_lines(tmp_path):
+    """`noisesweep run` starting its own Ray: every stderr line is the sweep's (no Ray WARNING)."""
+    import faultlib
+
+    study = faultlib.write_study(tmp_path / "quiet.yaml", faultlib.command_study("quiet", trials=2, max_concurrent=2))
+    env = faultlib.clean_env(NOISESWEEP_RAY_DIR=str(tmp_path / "ray"))
+    proc = faultlib.run_cli(["run", str(study), "--storage", f"sqlite:///{tmp_path / 'q.db'}"], env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    noise = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("[sweep] ")]
+    assert not noise, noise
