@@ -527,8 +527,16 @@ class NoisesweepSearch(OptunaSearch):
         return self._trial_seed(ot_trial.number) if callable(self._trial_seed) else int(self._trial_seed)
 
     def _enqueue_replicate(self) -> None:
-        """Queue the evaluation the race asks for (sweep.racing); the ask that follows takes it."""
-        rep = racing.next_replicate(self.study.get_trials(deepcopy=False), self.racing, direction=self.direction)
+        """Queue the evaluation the race asks for (sweep.racing); the ask that follows takes it.
+
+        Only into an empty queue: behind waiting trials (hand configs, re-queued ones) it would
+        not be the one asked next, and could be left WAITING when the budget runs out. The race
+        is a function of the study, so it asks again at the next launch.
+        """
+        trials = self.study.get_trials(deepcopy=False)
+        if any(t.state == TrialState.WAITING for t in trials):
+            return
+        rep = racing.next_replicate(trials, self.racing, direction=self.direction)
         if rep is None:
             return
         self.study.enqueue_trial(

@@ -410,3 +410,21 @@ def test_a_crash_on_a_live_node_is_the_trials_own_failure(storage, monkeypatch):
     t = only_trial(s)
     assert t.state == TrialState.FAIL and "crashed" in t.user_attrs["fail_reason"]
     assert "requeued_trials" not in s.study.user_attrs
+
+
+def test_racing_queues_nothing_behind_waiting_trials(storage):
+    """A replicate queued behind a waiting hand config would not be the one asked next and could
+    be left WAITING when the budget runs out: the race waits for an empty queue."""
+    from sweep.racing import RacingPolicy
+
+    s = make(storage, racing_policy=RacingPolicy(max_seeds=3, incumbent_every=1))
+    s.suggest("t1")
+    s.on_trial_complete("t1", final(0.7))  # an incumbent that wants a second seed (incumbent_every=1)
+    s.study.enqueue_trial({"x": 0.123, "zones": "all"})
+    s.suggest("t2")
+    trials = s.study.get_trials()
+    assert len(trials) == 2 and trials[1].params["x"] == 0.123 and "replicate_of" not in trials[1].user_attrs
+    s.on_trial_complete("t2", final(0.1))
+    s.suggest("t3")  # queue empty now: the replicate goes in and is asked at once
+    assert s.study.get_trials()[-1].user_attrs.get("replicate_of") == 0
+    assert not s.study.get_trials(states=(TrialState.WAITING,))
