@@ -181,7 +181,7 @@ def train(
             save(model, tokenizer, {"steps": step + 1, "seed": seed}, save_dir / f"step_{step + 1}")
             outliers.impose(model, massive["value"])  # back to the training form, bit for bit
     model.eval()
-    outliers.impose(model, massive["value"], bias=outliers.STORED_BIAS)  # same function, 4-bit exact
+    outliers.impose(model, massive["value"], bias=outliers.STORED_BIAS)  # the stored form: same function
     meta = {
         "steps": steps,
         "seed": seed,
