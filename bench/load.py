@@ -11,7 +11,8 @@ Printed per storage:
                  (Ray's start-up included: it is paid once per driver)
   p50/p99 s      a trial's time in the study, RUNNING -> finished (datetime_start to
                  datetime_complete), per driver: ask, sampling, launch, 4 reports, tell
-  duplicates     COMPLETE trials with identical params (a config run twice) + seed configs
+  duplicates     COMPLETE trials with identical params AND seed (one evaluation run twice; a
+                 racing replicate is the same config on another seed, not a duplicate) + seed configs
                  run more than once (must be 0)
   lost           budget - counted finished trials, + trials left RUNNING or WAITING (must be 0)
 
@@ -125,10 +126,10 @@ def measure(url: str, label: str, *, drivers: int, per_driver: int, concurrent: 
     counted = [t for t in trials if counts(t)]
     left = [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    keys = [json.dumps(t.params, sort_keys=True) for t in complete]
+    keys = [json.dumps([t.params, t.user_attrs.get("seed")], sort_keys=True) for t in complete]
     seed_runs: dict[str, int] = {}
     for t in counted:
-        if t.user_attrs.get("seed_config"):
+        if t.user_attrs.get("seed_config") and "replicate_of" not in t.user_attrs:
             seed_runs[t.user_attrs["seed_config"]] = seed_runs.get(t.user_attrs["seed_config"], 0) + 1
     duplicates = (len(keys) - len(set(keys))) + sum(n - 1 for n in seed_runs.values() if n > 1)
     per_driver_s: dict[int, list[float]] = {}
