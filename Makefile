@@ -8,7 +8,7 @@ STAMP := $(VENV)/.noisesweep-installed
 STUDY ?= studies/tiny-mxfp4-w4a4.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install sweep test bench clean
+.PHONY: install sweep lint test bench clean
 
 install: $(STAMP)
 
@@ -23,7 +23,12 @@ $(STAMP): pyproject.toml
 sweep: $(STAMP)
 	$(VENV)/bin/noisesweep run $(STUDY)
 
-test: $(STAMP)
+# ruff over the whole tree, mypy over what pyproject's [tool.mypy] lists (quant/, the noise plan, racing).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

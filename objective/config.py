@@ -30,7 +30,12 @@ class TaskCfg(_Section):
     name: Literal["tiny-arith", "gsm8k"] = "tiny-arith"
     train_path: str | None = None  # gsm8k: local parquet/jsonl in verl's schema
     val_path: str | None = None
-    num_val: int = Field(300, ge=1)
+    # The final step (the objective) is scored on the first num_val held-out problems; earlier
+    # validations (pruning rungs, step 0) on the first num_val_intermediate of the same ones
+    # (capped at num_val; None = all num_val). 1,000 keeps one binomial standard error of the
+    # score near 1.4 points; the subset keeps four intermediate validations cheap.
+    num_val: int = Field(1000, ge=1)
+    num_val_intermediate: int | None = Field(300, ge=1)
     max_prompt_len: int = Field(512, ge=1)
     max_response_len: int = Field(12, ge=1)  # tiny answers: "#### -99" + EOS = 9 tokens
 
@@ -61,13 +66,52 @@ class AlgoCfg(_Section):
     clip_high: float | None = Field(None, ge=0)  # None: 0.2 for GRPO, 0.28 for DAPO
     max_refills: int = Field(2, ge=0)  # DAPO: extra generation rounds to replace dropped groups
     max_response_len: int | None = Field(None, ge=1)  # None: task.max_response_len
-    # Old-policy log-probs for the clipped ratio. "policy": the training forward's own (detached;
-    # what verl/QeRL do with one PPO epoch and one mini-batch: ratio 1, the noisy rollout is used
-    # as if on-policy). "rollout": the sampler's log-probs, so tokens whose probability the noise
-    # moved beyond the clip range stop contributing (an importance-corrected variant).
+    # Old-policy log-probs for the clipped ratio. "policy" (verl's): the policy's own before this
+    # step's updates (with one update per step: the training forward's, detached, ratio 1; with
+    # several: one no-grad forward before the first, see objective/ppo.py). "rollout": the
+    # sampler's log-probs, so tokens whose probability the noise moved beyond the clip range stop
+    # contributing (an importance-corrected variant).
     old_logprobs: Literal["policy", "rollout"] = "policy"
-    weight_decay: float = Field(0.0, ge=0)
+    # PPO updates like verl's actor (actor_rollout_ref.actor.*): `mini_batch_size` prompts (their
+    # samples_per_prompt responses each) per optimizer step, verl's ppo_mini_batch_size (None = all
+    # of the step's prompts: one update); `ppo_epochs` passes over the mini-batches; dual-clip bound
+    # `clip_ratio_c` on negative-advantage tokens (verl's default 3.0; None = off).
+    mini_batch_size: int | None = Field(None, ge=1)
+    ppo_epochs: int = Field(1, ge=1)
+    clip_ratio_c: float | None = Field(3.0, gt=1)
+    # Learning rate: linear warm-up over the first `lr_warmup_steps` training steps, then constant
+    # (verl's get_constant_schedule_with_warmup stepped once per training step: step s uses
+    # lr * (s - 1) / lr_warmup_steps while s <= lr_warmup_steps, so step 1 has lr 0).
+    lr_warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)  # AdamW's decoupled weight decay (verl's default is 0.01)
     grad_clip: float = Field(1.0, gt=0)
+    # DAPO's overlong reward shaping (verl's DAPORewardManager, reward_model.overlong_buffer.*): a
+    # response longer than max_response_len - overlong_buffer_len tokens loses
+    # (excess / overlong_buffer_len) * overlong_penalty_factor, at most the factor. 0 = off.
+    # Groups are still filtered on the unshaped score (filter_groups.metric=acc).
+    overlong_buffer_len: int = Field(0, ge=0)
+    overlong_penalty_factor: float = Field(1.0, ge=0)
+    # Memory (objective/logprobs.py, objective/ppo.py): sequences per forward/backward pass, their
+    # gradients accumulated (None = the whole mini-batch in one pass; verl's
+    # ppo_micro_batch_size_per_gpu); response tokens per LM-head chunk (at most this many rows of
+    # full-vocabulary fp32 logits exist at once); activation checkpointing of the decoder layers.
+    micro_batch_size: int | None = Field(None, ge=1)
+    logprob_chunk_tokens: int = Field(1024, ge=1)
+    gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> AlgoCfg:
+        if self.mini_batch_size is not None and self.mini_batch_size > self.prompts_per_step:
+            raise ValueError(
+                f"algo.mini_batch_size ({self.mini_batch_size}) > algo.prompts_per_step ({self.prompts_per_step}); "
+                "a mini-batch counts prompts, like verl's ppo_mini_batch_size"
+            )
+        return self
+
+    @property
+    def updates_per_epoch(self) -> int:
+        """Optimizer steps per pass over a full step's batch (E13h: 128 prompts / 32 = 4)."""
+        return -(-self.prompts_per_step // (self.mini_batch_size or self.prompts_per_step))
 
     @property
     def eps_low(self) -> float:
@@ -89,6 +133,13 @@ class StepsCfg(_Section):
         bad = [s for s in self.val_at if s < 0 or s > self.total]
         if bad:
             raise ValueError(f"steps.val_at: {bad} outside 0..steps.total={self.total}")
+        if self.total not in self.val_at:
+            # The objective is the final step's accuracy; a run validated earlier would report an
+            # older model as its result. Rejected rather than silently appended, so the pruning
+            # rungs (the validation steps before the final one) are exactly what the file says.
+            raise ValueError(
+                f"steps.val_at must include steps.total={self.total} (the objective is the final step's accuracy)"
+            )
         self.val_at = sorted(set(self.val_at))
         return self
 
@@ -144,6 +195,9 @@ class NoiseCfg(_Section):
 class RolloutCfg(_Section):
     backend: Literal["hf", "vllm"] = "hf"
     val_batch_size: int = Field(512, ge=1)
+    # vllm: the share of GPU memory the colocated engine takes (weights + KV cache); the rest is
+    # the training step's (objective/rollout/vllm_backend.py)
+    gpu_memory_utilization: float = Field(0.4, gt=0, lt=1)
 
 
 class TrialConfig(_Section):
@@ -167,6 +221,15 @@ class TrialConfig(_Section):
     @property
     def response_len(self) -> int:
         return self.algo.max_response_len or self.task.max_response_len
+
+    @model_validator(mode="after")
+    def _check_overlong(self) -> TrialConfig:
+        if self.algo.overlong_buffer_len >= self.response_len:
+            raise ValueError(
+                f"algo.overlong_buffer_len ({self.algo.overlong_buffer_len}) must be < the response length "
+                f"({self.response_len})"
+            )
+        return self
 
 
 def _one_line(err: ValidationError) -> str:

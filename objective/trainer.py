@@ -1,28 +1,42 @@
 """The built-in trainer: GRPO/DAPO with LoRA on a fake-quantized, optionally noisy model.
 
 One step: pick prompts, sample `samples_per_prompt` responses each from the quantized model with
-this step's noise (rollout), score them, compute group advantages, one clipped policy-gradient
-update of the LoRA weights (training forward: clean norms unless noise.apply_to == "both").
+this step's noise (rollout), score them (plus DAPO's overlong penalty when configured), compute
+group advantages, then the clipped policy-gradient updates of the LoRA weights like verl's actor
+(objective/ppo.py: mini-batches of `algo.mini_batch_size` prompts, `ppo_epochs`, micro-batched
+forward/backward; training forward: clean norms unless noise.apply_to == "both"), at the step's
+warm-up learning rate.
 Validation is greedy on the held-out set with the quantized model and NO noise (what the model
-would score when deployed), at the steps in `steps.val_at` (0 = before any update).
+would score when deployed), at the steps in `steps.val_at` (0 = before any update): the final step
+(the objective) on all `task.num_val` problems, earlier ones on the first `task.num_val_intermediate`.
 
-Generation goes through one seam, `objective.rollout.make_rollout`: `hf` samples from the policy
-module itself; `vllm` (objective/vllm_engine.py) receives the policy's merged, quantized weights
-and this step's noisy norms at each `rollout.sync()` (once per step inside the noise context, once
-per validation outside it).
+Common random numbers: step s draws its prompts and its sampling randomness from generators seeded
+by (seed, s) alone (`step_seed`), not from streams that earlier steps consumed a config-dependent
+amount of, so trials with the same seed see the same prompts and, where the config leaves the
+sampling distribution alone, the same samples; config differences are then not drowned in draw
+noise. The noise injector has its own (seed, step) generator.
+
+Generation goes through one seam, `objective.rollout.make_rollout` (a RolloutBackend): `hf`
+samples from the policy module itself; `vllm` (objective/rollout/vllm_backend.py) receives the
+policy's merged, quantized weights and this step's noisy norms at each `rollout.sync()` (once per
+step inside the noise context, once per validation outside it).
 
 Failures are results: StopTrial from `report` -> "pruned"; a non-finite loss/logits, a timeout,
-an exception in training or in `report` -> "failed" with a one-line reason.
+running out of GPU memory ("out of GPU memory ..."), an exception in training or in `report` ->
+"failed" with a one-line reason. Whatever the end, the trial's device memory is handed back
+before run_trial returns (objective/device_memory.py): the sweep runs the next trial in the same
+worker process.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +45,34 @@ import torch
 from objective import grpo
 from objective import reward as _reward
 from objective.config import TrialConfig, load_config
+from objective.device_memory import free_device_memory, is_out_of_memory
+from objective.logprobs import response_logprobs
+from objective.ppo import UpdateStats, ppo_update, warmup_lr
 from objective.result import ReportFn, StopTrial, TrialResult
-from objective.rollout import NonFiniteError, Rollout, TrialTimeout, make_rollout, require_vllm
+from objective.rollout import NonFiniteError, Rollout, TrialTimeout, check_backend, make_rollout, select_rows
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+PROMPT_STREAM = "prompts"
+SAMPLING_STREAM = "sampling"
+
+
+def step_seed(seed: int, step: int, stream: str, draw: int = 0) -> int:
+    """A 63-bit seed for one (trial seed, step, stream, draw): stable across processes and versions."""
+    digest = hashlib.sha256(f"noisesweep:{stream}:{seed}:{step}:{draw}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def draw_prompts(train: list[Any], seed: int, step: int, draw: int, n: int) -> list[Any]:
+    """n distinct training examples for one draw of one step (draw 0; DAPO refills 1, 2, ...).
+
+    A function of (seed, step, draw) only, and a prefix-stable one: a config with fewer prompts
+    per step sees the first of the same prompts.
+    """
+    gen = torch.Generator().manual_seed(step_seed(seed, step, PROMPT_STREAM, draw))
+    order = torch.randperm(len(train), generator=gen).tolist()
+    return [train[order[i % len(order)]] for i in range(n)]
 
 
 def val_metric_name(data_source: str) -> str:
@@ -55,6 +93,17 @@ def load_model(cfg: TrialConfig) -> tuple[Any, Any]:
 
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
     return model, AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+@dataclass
+class Sampled:
+    """One step's kept rollouts: per rollout its rewards (groups, samples) and overlong penalties."""
+
+    rollouts: list[Rollout]
+    rewards: list[torch.Tensor]
+    overlong: list[torch.Tensor]
+    generated: int  # groups generated, dropped ones included
+    refills: int
 
 
 class _Noise:
@@ -103,11 +152,7 @@ class Trainer:
         from objective.tasks import load_task
 
         self.cfg = cfg
-        if cfg.rollout.backend == "vllm":
-            require_vllm()  # before any model is loaded: a missing gpu extra is a one-line error
-            from objective.vllm_engine import check_config
-
-            check_config(cfg)
+        check_backend(cfg)  # before any model loads: a missing gpu extra is a one-line error
         torch.manual_seed(cfg.seed)
         base, self.tokenizer = load_model(cfg)
         self.num_layers = int(base.config.num_hidden_layers)
@@ -127,6 +172,8 @@ class Trainer:
         )
         self.model = get_peft_model(base, lora)
         self.model.eval()  # dropout (if any) only inside the training forward
+        if cfg.algo.gradient_checkpointing:  # recompute each decoder layer in backward (non-reentrant: hooks re-run)
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.quant = None
         if cfg.quant.format != "none":
             from quant.model import DEFAULT_EXCLUDE, QuantScheme, quantize_model
@@ -141,9 +188,8 @@ class Trainer:
         if torch.cuda.is_available():  # the real path: train and sample on the GPU
             self.model.to("cuda")
         self.device = next(self.model.parameters()).device
-        self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        self.data_gen = torch.Generator().manual_seed(cfg.seed)
-        self._order: list[int] = []
+        # sampling randomness, re-seeded per step by begin_sampling (common random numbers)
+        self.gen = torch.Generator(device=self.device).manual_seed(step_seed(cfg.seed, 0, SAMPLING_STREAM))
         # the budget counts from the trial's start (model loading and compiling included)
         self.deadline = (start or time.monotonic()) + cfg.timeout_s if cfg.timeout_s else None
         self.phase_s: dict[str, float] = defaultdict(float)
@@ -153,14 +199,13 @@ class Trainer:
         )
 
     # ---- data -------------------------------------------------------------------------------
-    def next_prompts(self, n: int) -> list[Any]:
-        """The next n training examples from a seeded shuffle, reshuffled each pass."""
-        out = []
-        while len(out) < n:
-            if not self._order:
-                self._order = torch.randperm(len(self.task.train), generator=self.data_gen).tolist()
-            out.append(self.task.train[self._order.pop()])
-        return out
+    def next_prompts(self, step: int, draw: int, n: int) -> list[Any]:
+        """The training examples of one draw of one step (see `draw_prompts`)."""
+        return draw_prompts(self.task.train, self.cfg.seed, step, draw, n)
+
+    def begin_sampling(self, step: int) -> None:
+        """Re-seed the sampling generator from (seed, step): the same seed samples alike at each step."""
+        self.gen.manual_seed(step_seed(self.cfg.seed, step, SAMPLING_STREAM))
 
     def _generate(self, prompts: list[str], temperature: float) -> Rollout:
         return self.rollout.generate(prompts, temperature)
@@ -170,12 +215,17 @@ class Trainer:
         return torch.tensor([score(t, ex.ground_truth) for t, ex in zip(texts, examples)])
 
     # ---- validation -------------------------------------------------------------------------
+    def val_examples(self, final: bool) -> list[Any]:
+        """All num_val problems for the final step; the first num_val_intermediate before it."""
+        n = self.cfg.task.num_val_intermediate
+        return self.task.val if final or n is None else self.task.val[:n]
+
     @torch.no_grad()
-    def validate(self) -> dict[str, float]:
+    def validate(self, final: bool = True) -> dict[str, float]:
         """Greedy accuracy per data source on the held-out set (quantized model, no noise)."""
         t0 = time.monotonic()
         scores: dict[str, list[float]] = defaultdict(list)
-        val = self.task.val
+        val = self.val_examples(final)
         bs = self.cfg.rollout.val_batch_size
         self.rollout.sync()  # noise off here: the engine serves the quantized, un-noised policy
         for i in range(0, len(val), bs):
@@ -187,36 +237,40 @@ class Trainer:
         return {val_metric_name(src): sum(v) / len(v) for src, v in scores.items()}
 
     # ---- one RL step ------------------------------------------------------------------------
-    def rollout_step(self) -> tuple[list[Rollout], list[torch.Tensor], int, int]:
+    def rollout_step(self, step: int) -> Sampled:
         """Sample groups; DAPO keeps only informative groups and refills up to max_refills times.
 
-        Returns (rollouts, rewards per rollout (groups, samples)), groups generated, refills used.
+        Groups are judged on the task score; the rewards that make the advantages add DAPO's
+        overlong penalty when algo.overlong_buffer_len > 0 (verl filters on `acc` the same way).
         """
         a = self.cfg.algo
         k = a.samples_per_prompt
         want = a.prompts_per_step
-        kept_ro: list[Rollout] = []
-        kept_r: list[torch.Tensor] = []
-        n_kept = generated = refills = 0
+        out = Sampled([], [], [], 0, 0)
+        n_kept = 0
         while True:
             need = want - n_kept
-            examples = self.next_prompts(need)
+            examples = self.next_prompts(step, out.refills, need)
             prompts = [self.task.format_prompt(ex, self.tokenizer) for ex in examples for _ in range(k)]
             ro = self._generate(prompts, a.temperature)
-            rewards = self._score(ro.texts, [ex for ex in examples for _ in range(k)]).view(need, k)
-            generated += need
+            scores = self._score(ro.texts, [ex for ex in examples for _ in range(k)]).view(need, k)
+            penalty = grpo.overlong_penalty(ro.response_mask.sum(1), max_len=self.cfg.response_len,
+                                            buffer_len=a.overlong_buffer_len, factor=a.overlong_penalty_factor)
+            rewards = scores + penalty.view(need, k).to(scores.dtype)
+            out.generated += need
             if a.name == "dapo":
-                keep = grpo.informative_groups(rewards)
+                keep = grpo.informative_groups(scores)
                 rows = keep.repeat_interleave(k)
-                ro = _select_rows(ro, rows)
-                rewards = rewards[keep]
-            kept_ro.append(ro)
-            kept_r.append(rewards)
+                ro = select_rows(ro, rows)
+                rewards, penalty = rewards[keep], penalty[rows]
+            out.rollouts.append(ro)
+            out.rewards.append(rewards)
+            out.overlong.append(penalty)
             n_kept += rewards.shape[0]
-            if a.name != "dapo" or n_kept >= want or refills >= a.max_refills:
+            if a.name != "dapo" or n_kept >= want or out.refills >= a.max_refills:
                 break
-            refills += 1
-        return kept_ro, kept_r, generated, refills
+            out.refills += 1
+        return out
 
     def train_step(self, step: int, sigma: float) -> dict[str, float]:
         a = self.cfg.algo
@@ -224,7 +278,9 @@ class Trainer:
         self.noise.begin_step(step, sigma)
         with self.noise.rollout():
             self.rollout.sync()  # this step's noisy norms and current LoRA into the engine (hf: no-op)
-            ros, rewards_list, generated, refills = self.rollout_step()
+            self.begin_sampling(step)
+            sampled = self.rollout_step(step)
+        ros, rewards_list, generated, refills = sampled.rollouts, sampled.rewards, sampled.generated, sampled.refills
         t1 = time.monotonic()
         self.phase_s["rollout"] += t1 - t0
         all_rewards = torch.cat([r.flatten() for r in rewards_list]) if rewards_list else torch.zeros(0)
@@ -237,40 +293,26 @@ class Trainer:
             "train/groups_generated": float(generated),
             "train/groups_used": float(sum(r.shape[0] for r in rewards_list)),
             "train/refills": float(refills),
+            "train/lr": warmup_lr(step, a.lr, a.lr_warmup_steps),
             "noise/sigma": float(sigma),
         }
+        if a.overlong_buffer_len:
+            pen = torch.cat(sampled.overlong)
+            metrics["train/overlong_penalty_mean"] = float(pen.mean()) if pen.numel() else 0.0
+            metrics["train/overlong_frac"] = float((pen < 0).float().mean()) if pen.numel() else 0.0
         if n_seqs == 0:  # DAPO: every group uninformative even after refills; nothing to learn from
             metrics.update({"train/loss": 0.0, "train/clipfrac": 0.0})
         else:
             ro = _cat_rollouts(ros, self.tokenizer)
             adv = grpo.group_advantages(torch.cat(rewards_list, 0)).flatten()
-            with self.noise.training():
-                self.model.train()
-                try:
-                    logp = self.response_logp(ro)
-                finally:
-                    self.model.eval()
-                old = ro.logp if a.old_logprobs == "rollout" else logp.detach()
-                loss, info = grpo.policy_loss(
-                    logp,
-                    old,
-                    adv,
-                    ro.response_mask,
-                    eps_low=a.eps_low,
-                    eps_high=a.eps_high,
-                    token_mean=a.name == "dapo",
-                )
-                if not torch.isfinite(loss):
-                    raise NonFiniteError(f"loss is {float(loss.detach())} at step {step}")
-                self.optim.zero_grad(set_to_none=True)
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.params, a.grad_clip)
-            self.optim.step()  # outside the noise contexts (the injector's protocol)
+            stats = self.update(ro, adv, step)
             m = ro.response_mask.float()
-            # how far the (noisy) sampler's log-probs are from the training forward's
-            gap = float(((logp.detach() - ro.logp).abs() * m).sum() / m.sum().clamp(min=1.0))
-            metrics.update({"train/loss": float(loss.detach()), "train/clipfrac": info["clipfrac"],
-                            "train/rollout_logp_gap": gap})
+            # how far the (noisy) sampler's log-probs are from the training forward's (each
+            # sequence's first forward of the step, i.e. before its own mini-batch's update)
+            gap = float(((stats.first_logp - ro.logp).abs() * m).sum() / m.sum().clamp(min=1.0))
+            metrics.update({"train/loss": sum(stats.losses) / len(stats.losses), "train/clipfrac": stats.clipfrac,
+                            "train/rollout_logp_gap": gap, "train/grad_norm": sum(stats.grad_norms) / len(stats.grad_norms),
+                            "train/updates": float(len(stats.losses))})
         t2 = time.monotonic()
         self.phase_s["train"] += t2 - t1
         metrics["time/step_s"] = t2 - t0
@@ -279,34 +321,43 @@ class Trainer:
         metrics["perf/tokens_per_s"] = n_tokens / max(t2 - t0, 1e-9)
         return metrics
 
+    def update(self, ro: Rollout, advantages: torch.Tensor, step: int) -> UpdateStats:
+        """This step's optimizer updates on the scored rollout (objective/ppo.py), at its warm-up lr."""
+        for group in self.optim.param_groups:
+            group["lr"] = warmup_lr(step, self.cfg.algo.lr, self.cfg.algo.lr_warmup_steps)
+        return ppo_update(
+            self.response_logp, ro, advantages, algo=self.cfg.algo, optimizer=self.optim, params=self.params,
+            step=step, training=self._training, scoring=self._scoring,
+        )
+
+    @contextlib.contextmanager
+    def _training(self) -> Iterator[None]:
+        """The training forward/backward: noise per apply_to, dropout on (if any)."""
+        with self.noise.training():
+            self.model.train()
+            try:
+                yield
+            finally:
+                self.model.eval()
+
+    @contextlib.contextmanager
+    def _scoring(self) -> Iterator[None]:
+        """The old-policy forward before the updates: same weights as training, eval mode."""
+        with self.noise.training():
+            yield
+
     def response_logp(self, ro: Rollout) -> torch.Tensor:
         """Log-probs of the sampled response tokens under the current policy at the sampling temperature."""
-        ids = torch.cat([ro.prompt_ids, ro.response_ids], 1).to(self.device)
-        mask = torch.cat([ro.prompt_mask, ro.response_mask], 1).to(self.device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        p = ro.prompt_ids.shape[1]
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, p - 1 : -1].float()
-        logp = torch.log_softmax(logits / self.cfg.algo.temperature, -1)
-        resp = ro.response_ids.to(self.device)
-        return (logp.gather(-1, resp[..., None]).squeeze(-1) * ro.response_mask.to(self.device)).cpu()
+        return response_logprobs(
+            self.model, ro.prompt_ids, ro.prompt_mask, ro.response_ids, ro.response_mask,
+            temperature=self.cfg.algo.temperature, chunk_tokens=self.cfg.algo.logprob_chunk_tokens,
+        )
 
     def close(self) -> None:
         self.rollout.close()  # a vLLM engine frees its GPU memory for the next trial
         self.noise.remove()
         if self.quant is not None:
             self.quant.remove()
-
-
-def _select_rows(ro: Rollout, rows: torch.Tensor) -> Rollout:
-    idx = rows.nonzero().flatten()
-    return Rollout(
-        ro.prompt_ids[idx],
-        ro.prompt_mask[idx],
-        ro.response_ids[idx],
-        ro.response_mask[idx],
-        ro.logp[idx],
-        [ro.texts[i] for i in idx.tolist()],
-    )
 
 
 def _cat_rollouts(ros: list[Rollout], tokenizer: Any) -> Rollout:
@@ -337,18 +388,21 @@ def _cat_rollouts(ros: list[Rollout], tokenizer: Any) -> Rollout:
 def sigma_schedule(cfg: TrialConfig) -> list[float]:
     """sigma for each update 1..total, from the run's real step count (0 when noise is off).
 
-    Update s uses quant.noise_plan.sigma_at(s - 1, total): interval 0 (noise-free) covers the first
-    total/num_stages updates and the last interval is reached before the run ends.
+    Step convention (decided): training step s (1-based) uses quant.noise_plan.sigma_at(s - 1, total),
+    the schedule at the number of updates completed before its rollout, i.e. at the version of
+    the policy that samples. This is what the team's fork does (recipe/dapo/dapo_ray_trainer.py
+    calls update_noise_injection_step(current_step=global_steps) after step s's actor update, for
+    the next rollout; step 1 sees current_step 0), so a config exported to the fork gets the
+    schedule this trainer tuned. QeRL's TRL trainer (replacement/trainer.py) increments
+    update_step to s before step s's rollout, i.e. sigma_at(s): every stage edge one step
+    earlier, one noise-free step instead of total/num_stages. Here interval 0 (noise-free) covers
+    the first total/num_stages updates and the last interval is reached before the run ends.
     """
     n = cfg.noise
     if not n.enabled:
         return [0.0] * cfg.steps.total
-    from quant.noise_plan import sigma_at
-
-    return [
-        float(sigma_at(s - 1, cfg.steps.total, n.sigma_start, n.sigma_end, n.num_stages))
-        for s in range(1, cfg.steps.total + 1)
-    ]
+    plan = n.plan()
+    return [plan.sigma_at(s - 1, cfg.steps.total) for s in range(1, cfg.steps.total + 1)]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -371,11 +425,25 @@ def run_trial(config: TrialConfig | dict[str, Any] | None, report: ReportFn | No
     t_start = time.monotonic()
     cfg = load_config(config)
     with _threads(cfg.threads):
-        trainer = Trainer(cfg, start=t_start)  # user-input errors propagate from here
+        trainer: Trainer | None = None
+        oom = None
+        try:
+            trainer = Trainer(cfg, start=t_start)  # user-input errors propagate from here
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            oom = f"out of GPU memory while loading: {_one_line(exc)}"
+        if trainer is None:  # the exception (and the frames holding what was loaded) is gone here
+            free_device_memory()
+            return TrialResult(status="failed", reason=oom, wall_time_s=time.monotonic() - t_start)
         try:
             return _run(trainer, cfg, report, t_start)
         finally:
+            # a reused worker runs the next trial in this process: engine first, then every
+            # reference to this trial's tensors, then the allocator's cache (device_memory.py)
             trainer.close()
+            del trainer
+            free_device_memory()
 
 
 def _run(trainer: Trainer, cfg: TrialConfig, report: ReportFn | None, t_start: float) -> TrialResult:
@@ -420,7 +488,7 @@ def _run(trainer: Trainer, cfg: TrialConfig, report: ReportFn | None, t_start: f
                 latest = trainer.train_step(step, sigmas[step - 1])
                 train_hist.append({"step": step, "metrics": latest})
             if step in cfg.steps.val_at:
-                metrics = {**latest, **trainer.validate()}
+                metrics = {**latest, **trainer.validate(final=step == cfg.steps.total)}
                 history.append({"step": step, "metrics": metrics})
                 state["value"] = metrics.get(primary)
                 state["step"] = step
@@ -436,6 +504,8 @@ def _run(trainer: Trainer, cfg: TrialConfig, report: ReportFn | None, t_start: f
     except NonFiniteError as exc:
         return result("failed", f"non-finite values at step {step}: {exc}")
     except Exception as exc:  # a crash inside training is the trial's failure, not the sweep's
+        if is_out_of_memory(exc):
+            return result("failed", f"out of GPU memory at step {step}: {_one_line(exc)}")
         return result("failed", f"exception at step {step}: {_one_line(exc)}")
     if state["value"] is not None and not math.isfinite(state["value"]):
         return result("failed", f"non-finite validation value at step {state['step']}")

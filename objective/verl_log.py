@@ -11,14 +11,30 @@ the sweep cannot compare is no metric.
 The file logger (``trainer.logger=[console,file]``, path from ``VERL_FILE_LOGGER_PATH``) writes
 ``{"step": N, "data": {...}}`` per line with full precision; ``JsonlFollower`` tails that file
 while the trainer is still writing it.
+
+The team's fork also says what noise it applied (`parse_aqn_line`), from the rollout workers
+(Ray prefix ``(WorkerDict pid=...)``), rank 0 only, at every weight sync
+(verl/utils/noise_injection.py ``generate_expert_gaussian_noise``):
+
+- ``[AQN] Noise injection (Dense) - Step: 6/29, Sigma ID: 1, Sigma: 0.028117, LayerTypes:
+  ['rmsnorm'], Target: ['layers.10.', ...], SRDD-guided=28 layers`` (always, sigma 0 included;
+  ``SRDD-guided=N`` only when ``layer_sigma_config.enabled``, N = entries of its dict;
+  ``Target: ALL`` when no target pattern reached it);
+- ``[AQN] Applied noise to 20 rmsnorm layers (skipped 37 excluded layers) (SRDD-guided)``
+  (only when sigma > 0; the counts are modules, not decoder layers);
+- and, once per rollout worker (verl/workers/rollout/vllm_rollout/vllm_rollout.py
+  ``vLLMAsyncRollout.__init__``), ``[AQN] Noise injection enabled: 9 stages, total_steps=29,
+  targets=[...]``.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 Metrics = dict[str, float]
@@ -202,3 +218,100 @@ class JsonlFollower:
             if parsed is not None:
                 out.append(parsed)
         return out
+
+
+# --------------------------------------------------------------------------- the fork's [AQN] lines
+
+_AQN_INJECTION_RE = re.compile(
+    r"^\[AQN\] Noise injection \((?P<kind>Dense|MoE)\) - Step: (?P<step>\d+)/(?P<total>\d+), "
+    r"Sigma ID: (?P<sigma_id>-?\d+), Sigma: (?P<sigma>\S+), LayerTypes: (?P<types>\[[^\]]*\]), "
+    r"Target: (?P<target>.*?)(?:, SRDD-guided=(?P<srdd>\d+) layers)?(?:, Zone=(?P<zone>[A-Z]+)\(mid_mult=[^)]*\))?$"
+)
+_AQN_APPLIED_RE = re.compile(
+    r"^\[AQN\] Applied noise to (?P<count>\d+) (?P<types>[\w+]+) layers "
+    r"\(skipped (?P<skipped>\d+) excluded layers\)(?P<srdd> \(SRDD-guided\))?$"
+)
+_AQN_ENABLED_RE = re.compile(
+    r"^\[AQN\] Noise injection enabled: (?P<stages>\d+) stages, total_steps=(?P<total>\d+), targets=(?P<targets>.*)$"
+)
+
+
+@dataclass(frozen=True)
+class AqnInjection:
+    """One ``[AQN] Noise injection (...) - Step: s/T ...`` line: what the noise code was about to apply."""
+
+    step: int
+    total_steps: int
+    sigma_id: int
+    sigma: float
+    layer_types: tuple[str, ...]
+    target: tuple[str, ...] | None  # None: "ALL" (no target pattern)
+    srdd_layers: int | None  # entries of layer_sigma_config's dict; None: not SRDD-guided
+    zone_phase: str | None = None
+
+
+@dataclass(frozen=True)
+class AqnApplied:
+    """One ``[AQN] Applied noise to N <types> layers (skipped K excluded layers)`` line."""
+
+    count: int
+    layer_types: tuple[str, ...]
+    skipped: int
+    srdd_guided: bool
+
+
+@dataclass(frozen=True)
+class AqnEnabled:
+    """A rollout worker's ``[AQN] Noise injection enabled: n stages, total_steps=T, targets=...`` line."""
+
+    stages: int
+    total_steps: int
+    targets: tuple[str, ...] | None  # None: the noise code's auto default
+
+
+AqnLine = AqnInjection | AqnApplied | AqnEnabled
+
+
+def _str_list(text: str) -> tuple[str, ...] | None:
+    """A printed Python list of strings (``['rmsnorm']``); None for anything else (``ALL``, ``AUTO ...``)."""
+    try:
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return None
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return None
+
+
+def parse_aqn_line(line: str) -> AqnLine | None:
+    """Parse one of the fork's ``[AQN]`` console lines (through Ray prefixes and ANSI codes); None otherwise."""
+    text = strip_decorations(line.rsplit("\r", 1)[-1])
+    if not text.startswith("[AQN] "):
+        return None
+    match = _AQN_INJECTION_RE.match(text)
+    if match:
+        sigma = parse_value(match["sigma"])
+        if sigma is None:
+            return None
+        return AqnInjection(
+            step=int(match["step"]),
+            total_steps=int(match["total"]),
+            sigma_id=int(match["sigma_id"]),
+            sigma=sigma,
+            layer_types=_str_list(match["types"]) or (),
+            target=_str_list(match["target"]),
+            srdd_layers=int(match["srdd"]) if match["srdd"] is not None else None,
+            zone_phase=match["zone"],
+        )
+    match = _AQN_APPLIED_RE.match(text)
+    if match:
+        return AqnApplied(
+            count=int(match["count"]),
+            layer_types=tuple(match["types"].split("+")),
+            skipped=int(match["skipped"]),
+            srdd_guided=match["srdd"] is not None,
+        )
+    match = _AQN_ENABLED_RE.match(text)
+    if match:
+        return AqnEnabled(stages=int(match["stages"]), total_steps=int(match["total"]), targets=_str_list(match["targets"]))
+    return None

@@ -31,14 +31,16 @@ merged full-precision weight.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quant.formats import KNOWN_FORMATS, fake_quantize
+from quant.format_names import check_format
+from quant.formats import fake_quantize
 
 DEFAULT_EXCLUDE: tuple[str, ...] = ("lm_head", "embed_tokens", "lora_A", "lora_B")
 _MARK = "_noisesweep_quant_handle"
@@ -56,8 +58,7 @@ class QuantScheme:
     exclude: tuple[str, ...] = DEFAULT_EXCLUDE
 
     def __post_init__(self) -> None:
-        if self.fmt not in KNOWN_FORMATS:
-            raise ValueError(f"unknown quantization format {self.fmt!r}; known formats: {', '.join(KNOWN_FORMATS)}")
+        check_format(self.fmt)
         if not self.weights and not self.activations:
             raise ValueError("quant scheme quantizes nothing: weights and activations are both off")
         for key in ("include", "exclude"):
@@ -73,12 +74,12 @@ class QuantScheme:
             object.__setattr__(self, key, value)
 
     @classmethod
-    def w4a4(cls, fmt: str = "mxfp4", **kw: Any) -> "QuantScheme":
+    def w4a4(cls, fmt: str = "mxfp4", **kw: Any) -> QuantScheme:
         """Weights and input activations (needs ste=True to train, the default)."""
         return cls(fmt=fmt, weights=True, activations=True, **kw)
 
     @classmethod
-    def w4a16(cls, fmt: str = "mxfp4", **kw: Any) -> "QuantScheme":
+    def w4a16(cls, fmt: str = "mxfp4", **kw: Any) -> QuantScheme:
         """Weights only; activations stay in the model's precision."""
         return cls(fmt=fmt, weights=True, activations=False, **kw)
 
@@ -190,7 +191,7 @@ class QuantHandle:
         self.excluded_names: list[str] = []
         self.adapter_count = 0
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
-        self._frozen: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}  # id(param) -> (param, original)
+        self._frozen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(param) -> (param, original)
         self._forward_patched: list[nn.Linear] = []
         self._removed = False
 
@@ -269,10 +270,13 @@ class QuantHandle:
         self._removed = True
 
 
-def _activation_pre_hook(fmt: str, ste: bool) -> Callable[[nn.Module, tuple, dict], tuple[tuple, dict]]:
+_PreHookArgs = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+def _activation_pre_hook(fmt: str, ste: bool) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], _PreHookArgs]:
     """Forward pre-hook (with_kwargs) that fake-quantizes a Linear's input."""
 
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _PreHookArgs:
         if args:
             return (fake_quantize(args[0], fmt, ste=ste), *args[1:]), kwargs
         if "input" in kwargs:
@@ -308,7 +312,7 @@ def quantize_model(model: nn.Module, scheme: QuantScheme) -> QuantHandle:
                         raise ValueError(
                             f"cannot quantize the trainable weight of {name} ({type(module).__name__} overrides forward)"
                         )
-                    module.forward = _quantized_forward(module, scheme.fmt, scheme.ste)  # type: ignore[method-assign]
+                    module.__dict__["forward"] = _quantized_forward(module, scheme.fmt, scheme.ste)  # remove() pops it
                     handle._forward_patched.append(module)
                 elif id(weight) not in handle._frozen:  # tied weights are quantized once
                     with torch.no_grad():

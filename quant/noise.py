@@ -9,8 +9,15 @@ passes of one optimizer step, and takes it away again bit-exactly:
 - site ``"rmsnorm"`` (QeRL's AQN): additive N(0, (sigma*m_l)^2) on the weight of every RMSNorm
   inside decoder layer l (for Qwen2 ``input_layernorm`` and ``post_attention_layernorm``; any
   module in the layer whose class name ends in ``RMSNorm``). Scaling a norm weight is row-wise
-  multiplicative noise on the inputs of the q/k/v and gate/up projections. The final ``model.norm``
-  belongs to no layer and gets none.
+  multiplicative noise on the inputs of the q/k/v and gate/up projections. RMSNorms outside every
+  decoder layer (Qwen2's final ``model.norm``, the LM head's input) are noised too, with the LAST
+  layer's multiplier: QeRL (trl_trainer/noise_scheduler.py, generate_gaussian_noise) and the
+  team's fork (verl/utils/noise_injection.py, all RMSNorms of a dense model) noise every RMSNorm;
+  the final norm sits on the last layer's output, so zones that leave the last layers clean leave
+  it clean too, and with uniform multipliers it gets sigma exactly as in QeRL. (The fork gives it
+  ``default_multiplier``, 1.0 unless set: an export that lists every layer can set
+  default_multiplier to the last layer's multiplier to match.) Its draw comes after all layers'
+  draws, so adding it changed no layer's noise; ``records`` reports it as ``final_norm``.
 - site ``"linear"`` (hypothesis H5): the output of every projection of layer l (for peft LoRA the
   wrapper, so base and adapter output alike) becomes ``y * (1 + sigma*m_l*eps)`` with one
   ``eps ~ N(0, 1)`` per output feature, drawn once per step: the output-side analogue of the
@@ -77,9 +84,17 @@ def _projections(layer: nn.Module) -> list[nn.Module]:
     return found
 
 
+def _weight(module: nn.Module) -> torch.Tensor:
+    """A norm's weight as a Tensor (nn.Module's attribute type is Tensor | Module)."""
+    w = module.weight
+    assert isinstance(w, torch.Tensor)
+    return w
+
+
 def _out_features(module: nn.Module) -> int:
-    if isinstance(getattr(module, "out_features", None), int):
-        return module.out_features
+    out = getattr(module, "out_features", None)
+    if isinstance(out, int):
+        return out
     base = getattr(module, "base_layer", None)
     if base is not None:
         return _out_features(base)
@@ -129,10 +144,13 @@ class NoiseInjector:
         self._removed = False
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         # per layer: the targets (norm modules or projections)
+        self._final: list[nn.Module] = []  # rmsnorm: norms outside every layer (model.norm), last layer's multiplier
         if site == "rmsnorm":
             self._targets = [_norms(layer) for layer in layers]
             if not any(self._targets):
                 raise ValueError(f"no RMSNorm modules found in the decoder layers of {type(model).__name__}")
+            inside = {id(m) for layer in layers for m in layer.modules()}
+            self._final = [m for m in _norms(model) if id(m) not in inside]
         else:
             self._targets = [_projections(layer) for layer in layers]
             if not any(self._targets):
@@ -158,27 +176,15 @@ class NoiseInjector:
         stds: list[float] = []
         applied: list[float] = []
         for layer_targets, m in zip(self._targets, self.multipliers):
-            scale = float(sigma) * m
-            drawn: list[torch.Tensor] = []
-            landed: list[torch.Tensor] = []
-            for module in layer_targets:
-                shape = module.weight.shape if self.site == "rmsnorm" else (_out_features(module),)
-                # drawn on the CPU generator (same numbers on any device), then kept on the module's
-                # device so switching the noise on costs no host-to-device copy per forward
-                eps = torch.randn(shape, generator=gen, dtype=torch.float32)
-                if scale > 0:
-                    noise = eps * scale
-                    self._noise[id(module)] = noise.to(_device_of(module))
-                    drawn.append(noise.flatten())
-                    if self.site == "rmsnorm":  # what survives rounding to the weight's dtype
-                        w = module.weight.detach().float().cpu()
-                        landed.append(((w + noise).to(module.weight.dtype).float() - w).flatten())
-                    else:
-                        landed.append(noise.flatten())
-            stds.append(float(torch.cat(drawn).std(unbiased=False)) if drawn else 0.0)
-            applied.append(float(torch.cat(landed).std(unbiased=False)) if landed else 0.0)
+            drawn_std, applied_std = self._draw(layer_targets, float(sigma) * m, gen)
+            stds.append(drawn_std)
+            applied.append(applied_std)
+        final = None
+        if self._final:  # after every layer's draw: the layers' noise is what it was without it
+            drawn_std, applied_std = self._draw(self._final, float(sigma) * self.multipliers[-1], gen)
+            final = {"multiplier": self.multipliers[-1], "std": drawn_std, "std_applied": applied_std}
         self.step, self.sigma = int(step), float(sigma)
-        record = {
+        record: dict[str, Any] = {
             "step": int(step),
             "sigma": float(sigma),
             "site": self.site,
@@ -187,6 +193,8 @@ class NoiseInjector:
             "std": stds,
             "std_applied": applied,
         }
+        if final is not None:
+            record["final_norm"] = final
         self.records.append(record)
         noisy_layers = sum(1 for s in stds if s > 0)
         lost = [i for i, (d, a) in enumerate(zip(stds, applied)) if d > 0 and a < 0.5 * d]
@@ -202,6 +210,33 @@ class NoiseInjector:
         )
         return record
 
+    def _draw(self, modules: list[nn.Module], scale: float, gen: torch.Generator) -> tuple[float, float]:
+        """Draw noise of std `scale` for each module; (std drawn, std surviving the dtype), 0 if none."""
+        drawn: list[torch.Tensor] = []
+        landed: list[torch.Tensor] = []
+        for module in modules:
+            shape = _weight(module).shape if self.site == "rmsnorm" else (_out_features(module),)
+            # drawn on the CPU generator (same numbers on any device), then kept on the module's
+            # device so switching the noise on costs no host-to-device copy per forward
+            eps = torch.randn(shape, generator=gen, dtype=torch.float32)
+            if scale > 0:
+                noise = eps * scale
+                self._noise[id(module)] = noise.to(_device_of(module))
+                drawn.append(noise.flatten())
+                if self.site == "rmsnorm":  # what survives rounding to the weight's dtype
+                    w = _weight(module).detach().float().cpu()
+                    landed.append(((w + noise).to(_weight(module).dtype).float() - w).flatten())
+                else:
+                    landed.append(noise.flatten())
+        drawn_std = float(torch.cat(drawn).std(unbiased=False)) if drawn else 0.0
+        return drawn_std, float(torch.cat(landed).std(unbiased=False)) if landed else 0.0
+
+    def _noised_modules(self) -> Iterator[nn.Module]:
+        """Every module that can carry noise: the layers' targets, then the final norms."""
+        for layer_targets in self._targets:
+            yield from layer_targets
+        yield from self._final
+
     # --- switching -------------------------------------------------------------------------
     @property
     def active(self) -> bool:
@@ -215,16 +250,15 @@ class NoiseInjector:
             raise RuntimeError("NoiseInjector: call begin_step(step, sigma) before switching the noise on")
         if self.site == "rmsnorm":
             with torch.no_grad():
-                for layer_targets in self._targets:
-                    for module in layer_targets:
-                        noise = self._noise.get(id(module))
-                        if noise is None:
-                            continue
-                        w = module.weight
-                        self._clean[id(module)] = w.data.clone()
-                        noisy = (w.data.float() + noise.to(w.device)).to(w.dtype)
-                        w.data.copy_(noisy)
-                        self._noisy[id(module)] = noisy
+                for module in self._noised_modules():
+                    noise = self._noise.get(id(module))
+                    if noise is None:
+                        continue
+                    w = _weight(module)
+                    self._clean[id(module)] = w.data.clone()
+                    noisy = (w.data.float() + noise.to(w.device)).to(w.dtype)
+                    w.data.copy_(noisy)
+                    self._noisy[id(module)] = noisy
         self._active = True
 
     def _deactivate(self) -> None:
@@ -232,18 +266,17 @@ class NoiseInjector:
             return
         if self.site == "rmsnorm":
             with torch.no_grad():
-                for layer_targets in self._targets:
-                    for module in layer_targets:
-                        clean = self._clean.pop(id(module), None)
-                        if clean is None:
-                            continue
-                        noisy = self._noisy.pop(id(module))
-                        w = module.weight
-                        changed = w.data != noisy
-                        if bool(changed.any()):  # an update made while noisy is kept
-                            moved = (clean.float() + (w.data.float() - noisy.float())).to(clean.dtype)
-                            clean = torch.where(changed, moved, clean)
-                        w.data.copy_(clean)
+                for module in self._noised_modules():
+                    clean = self._clean.pop(id(module), None)
+                    if clean is None:
+                        continue
+                    noisy = self._noisy.pop(id(module))
+                    w = _weight(module)
+                    changed = torch.ne(w.data, noisy)
+                    if bool(changed.any()):  # an update made while noisy is kept
+                        moved = (clean.float() + (w.data.float() - noisy.float())).to(clean.dtype)
+                        clean = torch.where(changed, moved, clean)
+                    w.data.copy_(clean)
         self._active = False
 
     def apply(self, sigma: float, step: int) -> None:

@@ -1,9 +1,9 @@
 """The shipped Qwen2.5-1.5B MXFP4 SRDD prior, rebuilt from the user's team's published numbers.
 
-Why a generator: the team's scan file (`mxfp4_activation_scan_20260115.json`) is not available,
-only the figures quoted in their documents (DOMAIN.md and seeds/). This module writes
-studies/priors/qwen2.5-1.5b-mxfp4.json from those figures so every value is traceable: each
-layer's `provenance` says whether a value was measured by the team or derived, and how.
+Why a generator: the team's scan file itself is not available, only the figures they reported,
+which are the constants below (MEASURED, MULTIPLIERS, REPORTED_ZONES, REPORTED_SUMMARY). This
+module writes studies/priors/qwen2.5-1.5b-mxfp4.json from them so every value is traceable:
+each layer's `provenance` says whether a value was measured by the team or derived, and how.
 
     python -m quant.srdd_priors [--out studies/priors/qwen2.5-1.5b-mxfp4.json]
 

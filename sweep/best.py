@@ -1,12 +1,15 @@
-"""Picking the config a study hands on: the best COMPLETE trial, the best confirmed mean first.
+"""Picking the config a study hands on: never a single run when more evidence exists.
 
-PRUNED/FAIL trials never count; when confirmations exist, the config with the best confirmed
-mean wins, because a single RL run is often luck.
+PRUNED/FAIL trials never count. In order: the best confirmed mean (`noisesweep confirm`,
+fresh seeds) -> `chosen_by: "confirmed"`; else the racing incumbent when it has >= 2 seeds,
+scored by its mean over replicates (sweep.racing) -> `"replicates"`; else the best single
+run -> `"single run"`. A single RL run is often luck.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +17,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from quant.noise_plan import PLAN_ATTR, NoisePlan
 from sweep.errors import UserError
+from sweep.racing import config_key, group_configs, incumbent
+from sweep.stats import mean_ci
 from sweep.record import StudyRecord, finite_number
 
 
@@ -28,7 +33,43 @@ class BestResult:
     seed: int | None
     seed_config: str | None
     confirmation: dict[str, Any] | None  # the `confirmations` entry, when confirmed
-    chosen_by: str  # "confirmed mean" or "single run"
+    chosen_by: str  # "confirmed", "replicates" or "single run"
+    replicates: dict[int, float] = dataclasses.field(default_factory=dict)  # tuning seed -> value
+
+    @property
+    def search_score(self) -> float:
+        """What the sweep itself saw: the mean over the config's tuning replicates (or its one run)."""
+        return statistics.fmean(self.replicates.values()) if self.replicates else self.value
+
+    @property
+    def confirmed_score(self) -> float | None:
+        if self.confirmation and finite_number(self.confirmation.get("mean")):
+            return float(self.confirmation["mean"])
+        return None
+
+    @property
+    def search_confirmed_gap(self) -> float | None:
+        """search score - confirmed score: how much the search overfit its seeds (None: unconfirmed)."""
+        confirmed = self.confirmed_score
+        return None if confirmed is None else self.search_score - confirmed
+
+    @property
+    def n_seeds(self) -> int:
+        """Seeds behind `score`: confirmation runs when confirmed, else tuning replicates."""
+        if self.confirmed_score is not None:
+            return len([v for v in self.confirmation.get("values", []) if finite_number(v)])  # type: ignore[union-attr]
+        return max(len(self.replicates), 1)
+
+    @property
+    def ci95(self) -> list[float] | None:
+        """[low, high] of the 95 % Student-t interval behind `score` (None with one seed)."""
+        if self.confirmed_score is not None:
+            lo, hi = self.confirmation.get("ci_low"), self.confirmation.get("ci_high")  # type: ignore[union-attr]
+            return [float(lo), float(hi)] if finite_number(lo) and finite_number(hi) else None
+        if len(self.replicates) < 2:
+            return None
+        _, lo, hi = mean_ci(list(self.replicates.values()))
+        return [lo, hi]  # type: ignore[list-item]
 
     @property
     def sigma_end(self) -> float:
@@ -40,10 +81,9 @@ class BestResult:
 
     @property
     def score(self) -> float:
-        """Confirmed mean where there is one, else the single run's value."""
-        if self.confirmation and finite_number(self.confirmation.get("mean")):
-            return float(self.confirmation["mean"])
-        return self.value
+        """Confirmed mean where there is one, else the mean over replicates, else the single run."""
+        confirmed = self.confirmed_score
+        return confirmed if confirmed is not None else self.search_score
 
 
 def trial_plan(record: StudyRecord, trial: FrozenTrial) -> NoisePlan:
@@ -84,6 +124,16 @@ def trial_plan(record: StudyRecord, trial: FrozenTrial) -> NoisePlan:
     return dataclasses.replace(plan, **applied) if applied else plan
 
 
+def replicates_of(record: StudyRecord, trial: FrozenTrial) -> dict[int, float]:
+    """The COMPLETE tuning evaluations of `trial`'s config, seed -> objective (>= 2 to count)."""
+    configs = group_configs(record.complete_trials())
+    rec = configs.get(config_key(trial.params))
+    if rec is None or rec.n < 2:
+        return {}
+    sign = 1.0 if record.maximize else -1.0
+    return {s: sign * v for s, v in sorted(rec.values.items())}
+
+
 def _result(record: StudyRecord, trial: FrozenTrial, confirmation: dict[str, Any] | None, how: str) -> BestResult:
     seed = trial.user_attrs.get("seed")
     return BestResult(
@@ -95,6 +145,7 @@ def _result(record: StudyRecord, trial: FrozenTrial, confirmation: dict[str, Any
         seed_config=trial.user_attrs.get("seed_config"),
         confirmation=confirmation,
         chosen_by=how,
+        replicates=replicates_of(record, trial),
     )
 
 
@@ -116,7 +167,12 @@ def best_result(record: StudyRecord) -> BestResult:
     if confirmed:
         confirmed.sort(key=lambda x: (x[0] if record.maximize else -x[0], -x[1]), reverse=True)
         _, number, entry = confirmed[0]
-        return _result(record, complete[number], entry, "confirmed mean")
+        return _result(record, complete[number], entry, "confirmed")
+    inc = incumbent(group_configs(complete.values(), direction="maximize" if record.maximize else "minimize"))
+    if inc is not None and inc.n >= 2:
+        first = complete[min(t.number for t in complete.values() if config_key(t.params) == inc.key)]
+        entry = record.confirmations.get(str(first.number))
+        return _result(record, first, entry if isinstance(entry, dict) else None, "replicates")
     trials = sorted(complete.values(), key=lambda t: (t.value if record.maximize else -t.value, -t.number), reverse=True)  # type: ignore[operator]
     best = trials[0]
     entry = record.confirmations.get(str(best.number))

@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from sweep import optuna_private
+from sweep import optuna_private, racing
 from sweep.budget import DRIVER_DIED, STORAGE_OUTAGE, ledger_of
 from sweep.outage import HeldWrite, is_outage_error
 
@@ -134,8 +134,10 @@ def fail_and_requeue(
         if t.number in requeued or (not requeue_copies and REQUEUED_ATTR in t.user_attrs):
             continue
         attrs = {REQUEUED_ATTR: t.number}
-        if SEED_CONFIG_ATTR in t.user_attrs:
-            attrs[SEED_CONFIG_ATTR] = t.user_attrs[SEED_CONFIG_ATTR]
+        # the copy is the same evaluation: same hand-config name, and a replicate keeps its seed
+        for key in (SEED_CONFIG_ATTR, racing.SEED_ATTR, racing.REPLICATE_ATTR, racing.RACING_ATTR):
+            if key in t.user_attrs and (key != racing.SEED_ATTR or racing.REPLICATE_ATTR in t.user_attrs):
+                attrs[key] = t.user_attrs[key]
         study.enqueue_trial(dict(t.params), user_attrs=attrs, skip_if_exists=False)
         requeued.add(t.number)
     study.set_user_attr(REQUEUED_ATTR, sorted(requeued))

@@ -36,21 +36,9 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from quant.noise_plan import PLAN_ATTR
-from sweep import optuna_private
-from sweep.bookkeeping import (
-    DRIVER_ATTR,
-    apply_held_write,
-    driver_identity,
-    fail_stale_trials,
-)
-from sweep.budget import (
-    DRIVER_DIED,
-    NODE_LOST,
-    STORAGE_OUTAGE,
-    Budget,
-    ledger_of,
-    trial_cost_hours,
-)
+from sweep import optuna_private, racing
+from sweep.bookkeeping import DRIVER_ATTR, apply_held_write, driver_identity, fail_stale_trials
+from sweep.budget import DRIVER_DIED, NODE_LOST, STORAGE_OUTAGE, Budget, ledger_of, trial_cost_hours
 from sweep.outage import DEFAULT_OUTAGE_S, HeldWrite, StorageGuard, is_outage_error
 
 if TYPE_CHECKING:
@@ -158,6 +146,7 @@ class NoisesweepSearch(OptunaSearch):
         progress: Progress | None = None,
         heartbeat_interval: float | None = None,
         grace_period: float | None = None,
+        racing_policy: racing.RacingPolicy | None = None,
         guard: StorageGuard | None = None,
     ) -> None:
         if not isinstance(storage, optuna.storages.BaseStorage):
@@ -181,6 +170,7 @@ class NoisesweepSearch(OptunaSearch):
         self.cpus_per_trial = cpus_per_trial
         self.gpus_per_trial = gpus_per_trial
         self._trial_seed = trial_seed
+        self.racing = racing_policy
         self.scheduler_name = scheduler_name
         self.progress = progress
         self.driver = driver_identity()
@@ -189,6 +179,7 @@ class NoisesweepSearch(OptunaSearch):
         self._last: dict[str, dict[str, Any]] = {}
         self._running: set[str] = set()
         self._plans: dict[str, dict[str, Any]] = {}  # trial_id -> the NoisePlan dict `space` returned
+        self.unprunable: set[str] = set()  # the racing incumbent's replicates: no scheduler may cut them
         self._rdb = optuna_private.rdb_of(storage)
         self._study_sid = optuna_private.study_id(self.study)
         self._storage_ids: dict[int, int] = {}  # trial number -> storage trial id
@@ -295,9 +286,13 @@ class NoisesweepSearch(OptunaSearch):
                         return None  # a trial awaiting its node verdict may yet be re-queued
                     self.stop_reason = refusal
                     return Searcher.FINISHED
+            if self.racing is not None:
+                self._enqueue_replicate()
             config = super().suggest(trial_id)
             ot_trial = self._ot_trials[trial_id]
-            seed = self._trial_seed(ot_trial.number) if callable(self._trial_seed) else int(self._trial_seed)
+            seed = self._seed_for(ot_trial)
+            if ot_trial.user_attrs.get(racing.RACING_ATTR) == "incumbent":
+                self.unprunable.add(trial_id)
             ot_trial.set_user_attr("seed", seed)  # owner + first beat: _suggest_from_define_by_run_func
             plan = config.get(PLAN_ATTR)
             if plan is not None:  # recorded at launch, so a RUNNING trial already shows its noise
@@ -310,6 +305,36 @@ class NoisesweepSearch(OptunaSearch):
         if self.progress is not None:
             self.progress.started(ot_trial.number, dict(ot_trial.params))
         return {**config, SEED_KEY: seed}
+
+    def _seed_for(self, ot_trial: optuna.trial.Trial) -> int:
+        """An enqueued replicate's own seed; with racing every new config's first tuning seed
+        (common random numbers across configs); else the study's trial_seed."""
+        seed = ot_trial.user_attrs.get(racing.SEED_ATTR)
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            return seed
+        if self.racing is not None:
+            return self.racing.first_seed
+        return self._trial_seed(ot_trial.number) if callable(self._trial_seed) else int(self._trial_seed)
+
+    def _enqueue_replicate(self) -> None:
+        """Queue the evaluation the race asks for (sweep.racing); the ask that follows takes it.
+
+        Only into an empty queue: behind waiting trials (hand configs, re-queued ones) it would
+        not be the one asked next, and could be left WAITING when the budget runs out. The race
+        is a function of the study, so it asks again at the next launch.
+        """
+        trials = self.study.get_trials(deepcopy=False)
+        if any(t.state == TrialState.WAITING for t in trials):
+            return
+        rep = racing.next_replicate(trials, self.racing, direction=self.direction)
+        if rep is None:
+            return
+        self.study.enqueue_trial(
+            rep.params,
+            user_attrs={racing.SEED_ATTR: rep.seed, racing.REPLICATE_ATTR: rep.replicate_of, racing.RACING_ATTR: rep.reason},
+        )
+        if self.progress is not None:
+            self.progress.note(f"racing: config of trial {rep.replicate_of} gets seed {rep.seed} ({rep.reason})")
 
     def _abandon(self, trial_id: str) -> None:
         """A trial asked for just before the outage hit never ran: FAIL it and re-queue its params
@@ -480,6 +505,8 @@ class NoisesweepSearch(OptunaSearch):
             attrs["sigma_end"] = sigma_end
         if applied:
             attrs["applied"] = applied
+            if "verified" in applied:  # a flat attr: a column the dashboard's trial table can sort and filter
+                attrs["applied_verified"] = bool(applied["verified"])
 
         if result.get(FINAL_KEY):
             status = result.get(STATUS_KEY)

@@ -1,8 +1,9 @@
 """Re-run the study's top configs on fresh seeds: mean and a 95 % Student-t interval.
 
 RL objectives are noisy; the best single run of a sweep is partly luck (the maximum of many
-noisy draws is biased upward). `confirm_study` re-runs the top-K COMPLETE configs (distinct
-params) on S seeds none of the study's trials or earlier confirmations used, and stores
+noisy draws is biased upward). `confirm_study` re-runs the top-K configs (ranked by their mean
+over tuning replicates, see sweep.racing) on S seeds none of the study's trials or earlier
+confirmations used (the confirmation pool is disjoint from the tuning pool), and stores
 
     confirmations[str(trial_number)] = {values, seeds, mean, ci_low, ci_high, params, ...}
 
@@ -10,19 +11,17 @@ in the study user_attrs, merged entry by entry (other entries are kept; a config
 again accumulates its values, so `--seeds 3` twice gives 6 runs). Existing trials are never
 touched. With one value there is no interval (ci_low/ci_high are null).
 
-Execution: sequential and in-process (no Ray): confirmation is a handful of runs whose
-progress lines matter more than parallelism, and a trial that fails or is cut short is simply
-recorded as a failure (the mean is over the runs that completed). The objective is rebuilt
-from the stored spec: the built-in trainer through `SearchSpace.to_trial_config(params,
-seed=...)` + `objective.run_trial`, a command objective through `run_command_trial`.
-A `runner(params, seed) -> TrialResult` can be injected (tests, custom execution). A run that
-raises is recorded as a failure, except ValueError/FileNotFoundError (the objective's way of
-saying the spec itself is wrong, e.g. a missing command cwd): those stop the confirmation.
+Execution: through Ray Tune with the sweep's resources and parallelism (sweep.confirm_ray), so a
+GPU user's confirmations run on the cluster; the objective is rebuilt from the stored spec
+exactly as the sweep runs it. A run that fails or is cut short is recorded as a failure (the
+mean is over the runs that completed). A `runner(params, seed) -> TrialResult` can be injected
+instead (tests, custom execution): it runs sequentially in this process, and there a run that
+raises ValueError/FileNotFoundError (the objective's way of saying the spec itself is wrong)
+stops the confirmation.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
 import sys
 import time
@@ -32,31 +31,23 @@ from typing import IO, Any
 
 from optuna.trial import FrozenTrial
 
+from sweep.best import replicates_of
+from sweep.confirm_ray import Outcome
 from sweep.errors import UserError
+from sweep.racing import config_key, group_configs, incumbent
 from sweep.record import StudyRecord, finite_number
 
+from sweep.stats import mean_ci
+
 Runner = Callable[[dict[str, Any], int], Any]  # (params, seed) -> objective.TrialResult
+
 FIRST_CONFIRM_SEED = 1000  # confirmation seeds start here, skipping every seed already used
-
-
-def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float | None, float | None]:
-    """(mean, low, high) of a Student-t interval; (mean, None, None) for a single value."""
-    if not values:
-        raise ValueError("mean_ci: no values")
-    n = len(values)
-    mean = statistics.fmean(values)
-    if n < 2:
-        return mean, None, None
-    from scipy.stats import t
-
-    sd = statistics.stdev(values)
-    half = float(t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
 
 
 def used_seeds(record: StudyRecord) -> set[int]:
     """Every seed a trial or an earlier confirmation ran with, failed confirmation runs included
-    (a seed whose run failed would mostly fail again: it is not fresh)."""
+    (a seed whose run failed would mostly fail again: it is not fresh), and the whole racing
+    tuning pool, used yet or not: tuning and confirmation seeds stay disjoint."""
     seeds: set[int] = set()
     for t in record.trials():
         s = t.user_attrs.get("seed")
@@ -68,7 +59,8 @@ def used_seeds(record: StudyRecord) -> set[int]:
         ran += [f.get("seed") for f in entry.get("failures", []) or [] if isinstance(f, dict)]
         seeds.update(int(s) for s in ran if isinstance(s, int) and not isinstance(s, bool))
     if record.spec is not None:
-        seeds.add(int(record.spec.trial_seed))
+        first = int(record.spec.trial_seed)
+        seeds.update(range(first, first + record.spec.racing.max_seeds) if record.spec.racing.enabled else (first,))
     return seeds
 
 
@@ -83,56 +75,27 @@ def fresh_seeds(count: int, used: set[int], start: int = FIRST_CONFIRM_SEED) -> 
     return out
 
 
+def sweep_score(record: StudyRecord, trial: FrozenTrial) -> float:
+    """What the sweep saw of `trial`'s config: its mean over tuning replicates (one run: its value)."""
+    reps = replicates_of(record, trial)
+    return statistics.fmean(reps.values()) if reps else float(trial.value)  # type: ignore[arg-type]
+
+
 def top_trials(record: StudyRecord, k: int) -> list[FrozenTrial]:
-    """The k best COMPLETE trials by value, one per distinct params (a re-queued config counts once)."""
-    trials = sorted(
-        record.complete_trials(),
-        key=lambda t: (t.value if record.maximize else -t.value, -t.number),  # type: ignore[operator]
-        reverse=True,
-    )
-    out: list[FrozenTrial] = []
-    seen: list[dict[str, Any]] = []
-    for t in trials:
-        if t.params in seen:
-            continue
-        seen.append(t.params)
-        out.append(t)
-        if len(out) == k:
-            break
-    return out
-
-
-def default_runner(record: StudyRecord) -> Runner:
-    """The study's own objective, rebuilt from its stored spec."""
-    from sweep.study import BuiltinObjective
-
-    space = record.require_space("confirm")
-    spec = record.spec
-    metric = spec.metric
-
-    def progress(step: int, metrics: dict[str, float]) -> None:
-        v = metrics.get(metric)
-        shown = f"{metric}={v:.4f}" if isinstance(v, (int, float)) else f"{len(metrics)} metrics"
-        print(f"noisesweep confirm:   step {step}: {shown}", file=sys.stderr, flush=True)
-
-    if isinstance(spec.objective, BuiltinObjective):
-
-        def run_builtin(params: dict[str, Any], seed: int) -> Any:
-            import objective
-
-            return objective.run_trial(space.to_trial_config(params, seed=seed), progress)
-
-        return run_builtin
-
-    command = spec.objective.command
-
-    def run_command(params: dict[str, Any], seed: int) -> Any:
-        from objective.command import run_command_trial
-
-        values = space.to_command_values(params, seed=seed)
-        return run_command_trial(command, values, progress, timeout_s=getattr(command, "timeout_s", None))
-
-    return run_command
+    """The k best configs, each as its first COMPLETE trial (a replicated or re-queued config
+    counts once): the racing incumbent first when it has replicates (what `noisesweep best`
+    names), then the rest by their mean over tuning replicates."""
+    complete = record.complete_trials()
+    first: dict[str, FrozenTrial] = {}
+    for t in sorted(complete, key=lambda t: t.number):
+        first.setdefault(config_key(t.params), t)
+    sign = 1.0 if record.maximize else -1.0
+    ranked = sorted(first.values(), key=lambda t: (sign * sweep_score(record, t), -t.number), reverse=True)
+    inc = incumbent(group_configs(complete, direction="maximize" if record.maximize else "minimize"))
+    if inc is not None and inc.n >= 2:
+        lead = first[inc.key]
+        ranked = [lead, *[t for t in ranked if t is not lead]]
+    return ranked[:k]
 
 
 @dataclass
@@ -193,50 +156,73 @@ def confirm_study(
     chosen = top_trials(record, top)
     if not chosen:
         raise UserError(f"study {record.name!r} has no COMPLETE trial to confirm")
-    run = runner if runner is not None else default_runner(record)
     used = used_seeds(record)
-    out: list[Confirmation] = []
+    confs: list[Confirmation] = []
+    jobs: list[tuple[Confirmation, int]] = []
     for t in chosen:
         prev = record.confirmations.get(str(t.number)) or {}
         new_seeds = fresh_seeds(seeds, used)
         used.update(new_seeds)
-        values = [float(v) for v in prev.get("values", []) if finite_number(v)]
-        seed_list = [int(s) for s in prev.get("seeds", [])]
-        failures = list(prev.get("failures", []) or [])
         conf = Confirmation(
-            trial=t.number, seed_config=t.user_attrs.get("seed_config"), sweep_value=float(t.value),  # type: ignore[arg-type]
-            params=dict(t.params), values=values, seeds=seed_list, failures=failures,
+            trial=t.number, seed_config=t.user_attrs.get("seed_config"), sweep_value=sweep_score(record, t),
+            params=dict(t.params), values=[float(v) for v in prev.get("values", []) if finite_number(v)],
+            seeds=[int(s) for s in prev.get("seeds", [])], failures=list(prev.get("failures", []) or []),
             wall_time_s=float(prev.get("wall_time_s", 0.0) or 0.0),
         )
-        for i, seed in enumerate(new_seeds, 1):
-            print(
-                f"noisesweep confirm: trial {t.number}" + (f" ({conf.seed_config})" if conf.seed_config else "")
-                + f", seed {seed} ({i}/{len(new_seeds)}) ...",
-                file=stream, flush=True,
-            )
-            t0 = time.monotonic()
-            try:
-                result = run(dict(t.params), seed)
-                status, value, reason = result.status, result.value, result.reason
-            except (KeyboardInterrupt, UserError, ValueError, FileNotFoundError):
-                raise  # an interrupt, or a spec problem (bad cwd, unmapped value) that would fail every run alike
-            except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others
-                status, value, reason = "failed", None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            dt = time.monotonic() - t0
-            if status == "complete" and finite_number(value):
-                conf.values.append(float(value))
-                conf.seeds.append(seed)
-                conf.new_runs += 1
-                print(f"noisesweep confirm:   -> {value:.4f} ({dt:.1f} s)", file=stream, flush=True)
-            else:
-                conf.failures.append({"seed": seed, "status": status, "reason": reason})
-                print(f"noisesweep confirm:   -> {status}: {reason} ({dt:.1f} s)", file=stream, flush=True)
-            conf.wall_time_s += dt
-            if conf.values:
-                conf.mean, conf.ci_low, conf.ci_high = mean_ci(conf.values)
-            _store(record, conf)  # after every run: an interrupted confirmation keeps what it finished
-        out.append(conf)
-    return out
+        confs.append(conf)
+        jobs.extend((conf, seed) for seed in new_seeds)
+
+    def label(i: int) -> str:
+        conf, seed = jobs[i]
+        return f"trial {conf.trial}" + (f" ({conf.seed_config})" if conf.seed_config else "") + f", seed {seed}"
+
+    def done(i: int, outcome: Outcome) -> None:
+        conf, seed = jobs[i]
+        if outcome.status == "complete" and finite_number(outcome.value):
+            conf.values.append(float(outcome.value))  # type: ignore[arg-type]
+            conf.seeds.append(seed)
+            conf.new_runs += 1
+            print(f"noisesweep confirm: {label(i)} -> {outcome.value:.4f} ({outcome.wall_time_s:.1f} s)", file=stream, flush=True)
+        else:
+            conf.failures.append({"seed": seed, "status": outcome.status, "reason": outcome.reason})
+            print(f"noisesweep confirm: {label(i)} -> {outcome.status}: {outcome.reason}", file=stream, flush=True)
+        conf.wall_time_s += outcome.wall_time_s
+        if conf.values:
+            conf.mean, conf.ci_low, conf.ci_high = mean_ci(conf.values)
+        _store(record, conf)  # after every run: an interrupted confirmation keeps what it finished
+
+    print(f"noisesweep confirm: {len(jobs)} run(s) of {len(confs)} config(s)", file=stream, flush=True)
+    if runner is None:
+        from sweep.confirm_ray import run_on_ray
+
+        metric = record.spec.metric
+
+        def step(i: int, at: int, value: Any) -> None:
+            shown = f"{metric}={value:.4f}" if finite_number(value) else "no value"
+            print(f"noisesweep confirm:   {label(i)}, step {at}: {shown}", file=stream, flush=True)
+
+        run_on_ray(record, [(dict(c.params), s) for c, s in jobs], done, on_step=step)
+    else:
+        _run_sequentially(runner, jobs, done, label, stream)
+    return confs
+
+
+def _run_sequentially(
+    runner: Runner, jobs: list[tuple[Confirmation, int]], done: Callable[[int, Outcome], None],
+    label: Callable[[int], str], stream: IO[str],
+) -> None:
+    """An injected runner (tests, custom execution), one run after another in this process."""
+    for i, (conf, seed) in enumerate(jobs):
+        print(f"noisesweep confirm: {label(i)} ({i + 1}/{len(jobs)}) ...", file=stream, flush=True)
+        t0 = time.monotonic()
+        try:
+            result = runner(dict(conf.params), seed)
+            status, value, reason = result.status, result.value, result.reason
+        except (KeyboardInterrupt, UserError, ValueError, FileNotFoundError):
+            raise  # an interrupt, or a spec problem (bad cwd, unmapped value) that would fail every run alike
+        except Exception as exc:  # noqa: BLE001 - one failed run must not lose the others
+            status, value, reason = "failed", None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        done(i, Outcome(status, value, reason, time.monotonic() - t0))
 
 
 def format_table(record: StudyRecord, confs: list[Confirmation]) -> str:

@@ -28,7 +28,7 @@ import sqlalchemy
 
 from sweep import optuna_private
 from sweep.best import best_result
-from sweep.best_text import ci_text
+from sweep.best_text import applied_text, ci_text
 from sweep.errors import UserError
 from sweep.record import StudyRecord, attach_spec, set_metric_name
 from sweep.secrets import mask_url
@@ -88,6 +88,8 @@ def note_text(record: StudyRecord) -> str:
             + f": {best.value:.4f} (single run); confirmed: {ci_text(best.confirmation) or 'unconfirmed'}; "
             + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
         )
+        L.append("")
+        L.append(f"Applied noise: {applied_text(best.trial.user_attrs.get('applied'))}")
         L.append("")
     except UserError:
         pass

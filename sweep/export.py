@@ -4,9 +4,9 @@
 (one shell-safe line of overrides), yaml (a study-free trainer config `noisesweep trial`
 runs), json (everything). `load_verl_export(path)` reads the verl block back.
 
-The fork's per-layer dict is written with `objective.command.multipliers_dict`/`hydra_value`,
-the same helpers the command objective uses for its overrides, so a sweep trial and an export
-hand the fork identical values. Floats are written with repr(): they read back bit-exact.
+The fork's keys come from objective/command/verl_fork.py (`noise_block`, and `build_overrides`
+for the hydra line), the code that writes a sweep trial's overrides, so a trial and an export
+hand the fork identical keys and values. Floats are written with repr(): they read back bit-exact.
 """
 
 from __future__ import annotations
@@ -29,27 +29,19 @@ if TYPE_CHECKING:
     from objective.config import TrialConfig
 
 NOISE_PREFIX = "trainer.noise_injection"
+EXPORT_NOISE_KEYS = "verl-fork-patched"  # a builtin study's export: every key, multipliers included
 
 
-def _site(record: StudyRecord, best: BestResult) -> str:
-    if "site" in best.params:
-        return str(best.params["site"])
-    return record.space.sites[0] if record.space is not None else "rmsnorm"
+def _command_spec(record: StudyRecord) -> Any | None:
+    """The study's CommandSpec (a command study), else None."""
+    return getattr(getattr(record.spec, "objective", None), "command", None)
 
 
 def verl_values(best: BestResult) -> dict[str, Any]:
-    """The fork's `trainer.noise_injection` keys for the best config (multipliers as a dict)."""
-    plan = best.plan
-    out: dict[str, Any] = {
-        "enabled": True,
-        "sigma_start": plan.sigma_start,
-        "sigma_end": plan.sigma_end,
-        "num_stages": plan.num_stages,
-    }
-    if plan.multipliers is not None:
-        out["use_variable_sigma"] = True
-        out["layer_multipliers"] = plan.multipliers_dict()
-    return out
+    """The fork's `trainer.noise_injection` mapping for the best config (objective.command.verl_fork.noise_block)."""
+    from objective.command import noise_block
+
+    return noise_block(best.plan)
 
 
 def _yaml_scalar(v: Any) -> str:
@@ -57,31 +49,45 @@ def _yaml_scalar(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, float):
         return repr(v)
+    if isinstance(v, list):
+        return json.dumps(v)  # a JSON list is a YAML flow sequence
     return str(v)
 
 
+def _yaml_mapping(values: dict[str, Any], indent: int) -> list[str]:
+    pad = " " * indent
+    lines: list[str] = []
+    for key, v in values.items():
+        if key == "layer_multipliers":
+            items = [f"{layer}: {m!r}" for layer, m in v.items()]
+            chunks = [", ".join(items[i : i + 5]) for i in range(0, len(items), 5)]
+            lines.append(f"{pad}layer_multipliers: {{")
+            lines.extend(f"{pad}  {c}," for c in chunks)
+            lines.append(f"{pad}}}")
+        elif isinstance(v, dict):
+            lines.append(f"{pad}{key}:")
+            lines.extend(_yaml_mapping(v, indent + 2))
+        else:
+            lines.append(f"{pad}{key}: {_yaml_scalar(v)}")
+    return lines
+
+
 def verl_text(record: StudyRecord, best: BestResult) -> str:
-    """The fork's YAML block (seeds: ppo_trainer.yaml's noise_injection), with provenance comments."""
+    """The fork's ppo_trainer.yaml `trainer.noise_injection` block, with provenance comments."""
     values = verl_values(best)
-    site = _site(record, best)
     head = [
         f"# noisesweep export: study {record.name}, trial {best.trial.number}"
         + (f" ({best.seed_config})" if best.seed_config else ""),
         f"# single run: {best.value!r}; confirmed: {ci_text(best.confirmation) or 'unconfirmed'}",
         f"# params: {json.dumps(best.params, sort_keys=True)}",
+        "# keys as objective/command/verl_fork.py writes a trial's overrides (docs/verl-fork.md)",
     ]
-    if site != "rmsnorm":
-        head.append(f"# NOTE: this config injected noise at the {site} site; the fork's noise_injection targets RMSNorm")
-    lines = head + ["trainer:", "  noise_injection:"]
-    for key, v in values.items():
-        if key == "layer_multipliers":
-            items = [f"{layer}: {m!r}" for layer, m in v.items()]
-            chunks = [", ".join(items[i : i + 5]) for i in range(0, len(items), 5)]
-            lines.append("    layer_multipliers: {")
-            lines.extend(f"      {c}," for c in chunks)
-            lines.append("    }")
-        else:
-            lines.append(f"    {key}: {_yaml_scalar(v)}")
+    if "layer_sigma_config" in values:
+        head.append("# layer_sigma_config reaches the noise code only in a fork with the two-line fix of "
+                    "docs/verl-fork.md; the fork as it is drops it and applies uniform noise")
+    if best.plan.site == "linear":
+        head.append("# NOTE: the fork's linear noise is additive on the weights; the built-in trainer's is on the outputs")
+    lines = head + ["trainer:", "  noise_injection:", *_yaml_mapping(values, 4)]
     return "\n".join(lines) + "\n"
 
 
@@ -104,31 +110,30 @@ def load_verl_export(path: str | Path) -> dict[str, Any]:
 
 
 def hydra_overrides(record: StudyRecord, best: BestResult) -> list[str]:
-    """`key=value` overrides on the fork's keys, keys and values as the command objective writes them.
+    """The noise overrides a trial of this config got, built by the command objective's own code.
 
-    Keys the fork's ppo_trainer.yaml may lack (layer_multipliers, use_variable_sigma) get
-    Hydra's force-add `++`, like objective.command.FORK_MULTIPLIERS_KEY: a plain override of a
-    missing key fails under Hydra's struct mode.
+    A command study: its own spec's noise keys (`noise_keys`, or its param_map/multipliers_key
+    for a trainer of the user's own), seed and other settings left out. Any other study: the
+    fork's keys (objective.command.verl_fork, multipliers under layer_sigma_config).
     """
-    from objective import command
+    from objective.command import CommandSpec, build_overrides
+    from objective.command.verl_fork import PLAN_VALUE_NAMES, UnreachableNoise
 
-    multipliers_key = getattr(command, "FORK_MULTIPLIERS_KEY", f"++{NOISE_PREFIX}.layer_multipliers")
-    keys = {k.split(".")[-1]: k for k in getattr(command, "FORK_PARAM_MAP", {}).values()}
-    keys["layer_multipliers"] = multipliers_key
-    keys["use_variable_sigma"] = f"++{NOISE_PREFIX}.use_variable_sigma"
-    keys_of: dict[str, list[str]] = {k: [v] for k, v in keys.items()}
-    cmd = getattr(getattr(record.spec, "objective", None), "command", None)
-    if cmd is not None:  # a command study: the keys its own trials were given
-        for name, mapped in (getattr(cmd, "param_map", None) or {}).items():
-            if name in keys_of:
-                keys_of[name] = [mapped] if isinstance(mapped, str) else list(mapped)
-        if getattr(cmd, "multipliers_key", None):
-            keys_of["layer_multipliers"] = [cmd.multipliers_key]
-    out = []
-    for k, v in verl_values(best).items():
-        for key in keys_of.get(k, [f"{NOISE_PREFIX}.{k}"]):
-            out.append(f"{key}={command.hydra_value(v)}")
-    return out
+    plan = best.plan
+    values: dict[str, Any] = {**plan.to_dict(), "sigma_ratio": plan.sigma_ratio}
+    cmd = _command_spec(record)
+    if isinstance(cmd, CommandSpec):
+        noise_names = {*PLAN_VALUE_NAMES, "sigma_ratio"}
+        spec = cmd.model_copy(update={
+            "extra_overrides": [],
+            "param_map": {k: v for k, v in cmd.param_map.items() if k in noise_names},
+        })
+    else:
+        spec = CommandSpec(command=["verl"], noise_keys=EXPORT_NOISE_KEYS)
+    try:
+        return build_overrides(spec, values)
+    except UnreachableNoise as exc:
+        raise UserError(f"trial {best.trial.number}: {exc}") from None
 
 
 def hydra_text(record: StudyRecord, best: BestResult) -> str:
@@ -176,8 +181,7 @@ def yaml_text(record: StudyRecord, best: BestResult) -> str:
 def json_text(record: StudyRecord, best: BestResult) -> str:
     """Everything about the best config plus its verl block and hydra overrides, as strict JSON."""
     doc = best_json(record, best)
-    doc["verl"] = {NOISE_PREFIX: {k: ({str(i): m for i, m in v.items()} if isinstance(v, dict) else v)
-                                  for k, v in verl_values(best).items()}}
+    doc["verl"] = {NOISE_PREFIX: jsonable(verl_values(best))}  # layer keys become strings
     doc["hydra"] = hydra_overrides(record, best)
     return json.dumps(jsonable(doc), indent=1) + "\n"
 

@@ -26,7 +26,7 @@ from optuna.trial import TrialState  # noqa: E402
 from sweep import hypotheses  # noqa: E402
 from sweep.atomic import write_atomic, write_text_atomic  # noqa: E402
 from sweep.best import best_result, count_states  # noqa: E402
-from sweep.best_text import ci_text  # noqa: E402
+from sweep.best_text import applied_text, ci_text  # noqa: E402
 from sweep.errors import UserError  # noqa: E402
 from sweep.record import StudyRecord, finite_number  # noqa: E402
 
@@ -333,6 +333,8 @@ def summary_markdown(record: StudyRecord, best: Any, notes: dict[str, str | None
                  + (ci_text(best.confirmation) or "unconfirmed") + ".")
         L.append("")
         L.append(f"Params: {_fmt_params(best.params)}; sigma_end = {best.sigma_end:.4g}.")
+        L.append("")
+        L.append(f"Applied noise: {applied_text(best.trial.user_attrs.get('applied'))}.")
         if best.multipliers is not None:
             L.append("")
             L.append("Multipliers per layer: " + ", ".join(f"{m:.2f}" for m in best.multipliers))

@@ -27,6 +27,7 @@ from objective.result import StopTrial, TrialResult
 from quant.noise_plan import PLAN_ATTR, NoisePlan
 from sweep import bookkeeping, bridge, outage
 from sweep.budget import Budget, ledger_of
+from sweep.racing import RacingPolicy
 from sweep.errors import UserError
 from sweep.progress import Progress, ProgressCallback
 from sweep.ray_setup import RAY_LOG_NAME, default_results_dir, ensure_ray
@@ -65,6 +66,7 @@ class SweepPlan:
     max_concurrent: int = 1
     sampler: optuna.samplers.BaseSampler | None = None
     trial_seed: int = 0
+    racing: RacingPolicy | None = None  # None: one seed per config (plain Optuna)
     study_attrs: dict[str, Any] = field(default_factory=dict)
     set_torch_threads: bool = True
     storage_outage_s: float | None = None  # None: NOISESWEEP_OUTAGE_S or sweep.outage's default
@@ -238,7 +240,9 @@ def run_sweep(
         f"{ledger.compute_hours:.4f} compute-hours spent"
     )
     refusal = budget.launch_refusal(ledger)
-    scheduler, scheduler_name = build_scheduler(plan.pruning, plan.direction)
+    scheduler, scheduler_name = build_scheduler(
+        plan.pruning, plan.direction, protect=lambda trial_id: trial_id in searcher.unprunable
+    )
     searcher = guard.blocking(lambda: bridge.NoisesweepSearch(
         plan.space,
         storage=storage,
@@ -254,6 +258,7 @@ def run_sweep(
         progress=progress,
         heartbeat_interval=heartbeat_interval,
         grace_period=grace_period,
+        racing_policy=plan.racing,
         guard=guard,
     ))
     interrupted = False
@@ -482,6 +487,7 @@ def plan_from_spec(spec: StudySpec, *, objective_fn: ObjectiveFn | None = None) 
         max_concurrent=spec.resources.max_concurrent,
         sampler=space.make_sampler(spec.sampler.seed),
         trial_seed=spec.trial_seed,
+        racing=spec.racing.policy(first_seed=spec.trial_seed),
         study_attrs=attrs,
         set_torch_threads=is_builtin,
         storage_outage_s=spec.storage_outage_s,

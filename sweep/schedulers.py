@@ -9,6 +9,7 @@ and the final step always continues. Both reach into ASHA's own state (`_bracket
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,13 +44,15 @@ class _FinalStepASHA:
     """
 
     @staticmethod
-    def build(pruning: PruningPlan, direction: str) -> Any:
+    def build(pruning: PruningPlan, direction: str, protect: Callable[[str], bool] | None = None) -> Any:
         from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
         class FinalStepASHA(ASHAScheduler):
             def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
                 step = result.get(bridge.STEP_KEY, 0)
                 if result.get(bridge.FINAL_KEY) or step >= pruning.final_step:
+                    return TrialScheduler.CONTINUE
+                if protect is not None and protect(trial.trial_id):
                     return TrialScheduler.CONTINUE
                 action = super().on_trial_result(tune_controller, trial, result)
                 if action == TrialScheduler.STOP:
@@ -76,19 +79,27 @@ class _FinalStepASHA:
         return scheduler
 
 
-def build_scheduler(pruning: PruningPlan, direction: str) -> tuple[Any, str]:
-    """ASHA or a median rule on the validation steps; FIFO when pruning is off."""
+def build_scheduler(
+    pruning: PruningPlan, direction: str, *, protect: Callable[[str], bool] | None = None
+) -> tuple[Any, str]:
+    """ASHA or a median rule on the validation steps; FIFO when pruning is off.
+
+    `protect(trial_id)` names trials no rule may stop: the racing incumbent's replicates (a
+    noisy rung value must not cut the evidence the answer rests on).
+    """
     from ray.tune.schedulers import FIFOScheduler, MedianStoppingRule, TrialScheduler
 
     if not pruning.enabled:
         return FIFOScheduler(), "nothing"
     if pruning.kind == "asha":
-        return _FinalStepASHA.build(pruning, direction), "ASHA"
+        return _FinalStepASHA.build(pruning, direction, protect), "ASHA"
     if pruning.kind == "median":
 
         class FinalStepMedian(MedianStoppingRule):
             def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
                 if result.get(bridge.FINAL_KEY) or result.get(bridge.STEP_KEY, 0) >= pruning.final_step:
+                    return TrialScheduler.CONTINUE
+                if protect is not None and protect(trial.trial_id):
                     return TrialScheduler.CONTINUE
                 return super().on_trial_result(tune_controller, trial, result)
 

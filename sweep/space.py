@@ -238,21 +238,30 @@ class SearchSpace:
         seed = cfg.seed if seed is None else seed
         if cfg.kind == "random":
             return optuna.samplers.RandomSampler(seed=seed)
+        base: optuna.samplers.BaseSampler
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            tpe = optuna.samplers.TPESampler(
-                multivariate=True,
-                group=True,
-                constant_liar=True,
-                seed=seed,
-                n_startup_trials=cfg.n_startup_trials,
-            )
-        if cfg.kind == "tpe":
-            return tpe
+            if cfg.kind in ("gp", "gp-prior"):
+                # Optuna's GP with a learned noise variance (deterministic_objective=False): replicates
+                # of one config are pooled as noisy observations of one value, not trusted one by one.
+                base = optuna.samplers.GPSampler(
+                    seed=seed, n_startup_trials=cfg.n_startup_trials, deterministic_objective=False,
+                    warn_independent_sampling=False,
+                )
+            else:
+                base = optuna.samplers.TPESampler(
+                    multivariate=True,
+                    group=True,
+                    constant_liar=True,
+                    seed=seed,
+                    n_startup_trials=cfg.n_startup_trials,
+                )
+        if cfg.kind in ("tpe", "gp"):
+            return base
         from sweep.prior import PriorGuidedSampler
 
         return PriorGuidedSampler(
-            tpe, self.prior_params(), prior_scale=cfg.prior_scale, weight=cfg.prior_weight, seed=seed
+            base, self.prior_params(), prior_scale=cfg.prior_scale, weight=cfg.prior_weight, seed=seed
         )
 
     # ------------------------------------------------------------------ trials

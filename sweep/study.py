@@ -223,14 +223,36 @@ class ResourcesSpec(StrictModel):
 
 
 class SamplerSpec(StrictModel):
-    """prior = TPE with piBO-style prior sampling (sweep.prior); tpe; random."""
+    """prior = TPE with piBO-style prior sampling (sweep.prior); gp-prior = the same prior over
+    Optuna's noise-aware GP; tpe; gp; random."""
 
-    kind: Literal["prior", "tpe", "random"] = "prior"
+    kind: Literal["prior", "gp-prior", "tpe", "gp", "random"] = "prior"
     seed: int | None = 0
     prior_weight: float = Field(4.0, ge=0)
     prior_scale: float = Field(0.15, gt=0, le=1)
     prior: dict[str, Any] | None = None  # override the profile-suggested center, by param name
     n_startup_trials: int = Field(5, ge=0)
+
+
+class RacingSpec(StrictModel):
+    """Racing (sweep.racing): more seeds for the incumbent and for challengers still competitive."""
+
+    enabled: bool = True
+    max_seeds: int = Field(5, ge=1)  # tuning seeds per config at most (trial_seed, trial_seed + 1, ...)
+    incumbent_every: int = Field(3, ge=1)  # the incumbent's k-th seed waits for k x this many configs
+    z: float = Field(1.0, ge=0)  # a challenger stays while within z standard errors on shared seeds
+    noise_sd: float = Field(0.03, gt=0)  # one seed's sd until the study has replicates to measure it
+
+    def policy(self, *, first_seed: int) -> Any:
+        """The RacingPolicy of this section, None when racing is off."""
+        if not self.enabled:
+            return None
+        from sweep.racing import RacingPolicy
+
+        return RacingPolicy(
+            max_seeds=self.max_seeds, first_seed=first_seed, incumbent_every=self.incumbent_every,
+            z=self.z, default_noise_sd=self.noise_sd,
+        )
 
 
 class ConfirmSpec(StrictModel):
@@ -286,7 +308,8 @@ class StudySpec(StrictModel):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     confirm: ConfirmSpec = Field(default_factory=ConfirmSpec)
-    trial_seed: int = 0
+    racing: RacingSpec = Field(default_factory=RacingSpec)
+    trial_seed: int = Field(0, ge=0)
 
     _source: Path | None = PrivateAttr(default=None)
     _profile: SrddProfile | None = PrivateAttr(default=None)
@@ -325,6 +348,35 @@ class StudySpec(StrictModel):
         if dup:
             raise ValueError(f"duplicate seed config names {dup}")
         return out
+
+    @model_validator(mode="after")
+    def _measures_what_it_says(self) -> StudySpec:
+        """Settings that would silently change what is measured are errors, not surprises.
+
+        Pruning rungs must be validation steps before the final one (a rung with no validation
+        never fires; one at the final step would cut finished trials), and a vLLM rollout cannot
+        serve `site: linear` (objective.rollout.checks), so a space that can pick it would fail
+        about half its trials at their start.
+        """
+        obj = self.objective
+        if not isinstance(obj, BuiltinObjective):
+            return self
+        steps = obj.config.steps
+        if self.pruning.enabled and self.pruning.rungs is not None:
+            allowed = [s for s in steps.val_at if 0 < s < steps.total]
+            bad = [r for r in self.pruning.rungs if r not in allowed]
+            if bad:
+                raise NestedError(
+                    ("pruning", "rungs"),
+                    f"{bad} are not validation steps before the final step {steps.total} (validation steps: {allowed})",
+                )
+        from objective.rollout.checks import check_noise_sites
+
+        try:
+            check_noise_sites(obj.config.rollout.backend, self.space.site, where="space.site")
+        except ValueError as exc:
+            raise NestedError((), str(exc)) from None
+        return self
 
     # ---- derived views the runner and the commands use
     @property

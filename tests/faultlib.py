@@ -79,15 +79,9 @@ def command_study(
             "kind": "command",
             "command": {
                 "command": [PYTHON, str(FAKE_VERL)],
-                "param_map": {
-                    "sigma_start": "trainer.noise_injection.sigma_start",
-                    "sigma_end": "trainer.noise_injection.sigma_end",
-                    "num_stages": "trainer.noise_injection.num_stages",
-                },
-                "multipliers_key": "++trainer.noise_injection.layer_multipliers",
+                "noise_keys": "verl-fork-patched",  # the trial's NoisePlan in the fork's keys, [AQN] lines checked
                 "extra_overrides": [
-                    "trainer.noise_injection.enabled=true",
-                    "++trainer.noise_injection.use_variable_sigma=true",
+                    "+fake.patched=true",  # the stand-in with the layer_sigma_config fix
                     "trainer.test_freq=5",
                     "trainer.total_training_steps=20",
                     f"+fake.step_sleep={step_sleep}",
@@ -152,7 +146,7 @@ class Driver:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"driver did not finish in {timeout} s; stderr tail:\n{self.stderr()[-3000:]}")
+            raise AssertionError(f"driver did not finish in {timeout} s; stderr tail:\n{self.stderr()[-3000:]}") from None
         finally:
             self._out.close()
             self._err.close()

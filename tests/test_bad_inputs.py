@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +131,7 @@ CASES = [
     Case("sampler-prior-unknown-param", RUN, "sigma_mid",
          study=_edit(lambda s: s["sampler"].update(kind="prior", prior={"sigma_mid": 0.01}))),
     Case("confirm-zero-top", RUN, "confirm.top", study=_edit(lambda s: s.update(confirm={"top": 0}))),
+    Case("racing-zero-seeds", RUN, "racing.max_seeds", study=_edit(lambda s: s.update(racing={"max_seeds": 0}))),
     Case("trial-seed-not-int", RUN, "trial_seed", study=_edit(lambda s: s.update(trial_seed="abc"))),
     Case("space-changed-since-start", RUN, "new name", study=_base),  # 'base' in the db searched other zones
     Case("outage-window-negative", RUN, "storage_outage_s", study=_edit(lambda s: s.update(storage_outage_s=-5))),
@@ -148,7 +148,7 @@ CASES = [
     Case("command-missing-cwd", RUN, "cwd",
          study=_edit(lambda s: s["objective"]["command"].update(cwd="/nonexistent/verl-checkout"))),
     Case("command-empty-param-key", RUN, "param_map",
-         study=_edit(lambda s: s["objective"]["command"]["param_map"].update(sigma_start=[]))),
+         study=_edit(lambda s: s["objective"]["command"].setdefault("param_map", {}).update(sigma_start=[]))),
     # ---- profile edge cases
     Case("profile-nan-error", RUN, "nan.json", study=_edit(lambda s: s.update(profile="nan.json")),
          files={"nan.json": _profile(lambda d: d["layers"][3]["output"].update(rel_error=float("nan")))}),
@@ -276,7 +276,8 @@ SECTION_CASES = {
     "name": "name-bad-characters", "storage": "storage-password-in-file", "objective": "objective-unknown-kind",
     "profile": "missing-profile", "space": "sigma-range-reversed", "seed_configs": "seed-config-unknown-name",
     "budget": "budget-empty", "pruning": "pruning-rung-zero", "resources": "resources-zero-concurrent",
-    "sampler": "sampler-unknown-kind", "confirm": "confirm-zero-top", "trial_seed": "trial-seed-not-int",
+    "sampler": "sampler-unknown-kind", "confirm": "confirm-zero-top", "racing": "racing-zero-seeds",
+    "trial_seed": "trial-seed-not-int",
     "storage_outage_s": "outage-window-negative",
 }
 

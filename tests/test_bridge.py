@@ -315,6 +315,52 @@ def test_close_requeues_own_unfinished_trials_and_periodic_check_spares_them(sto
     assert params in [t.system_attrs["fixed_params"] for t in waiting]
 
 
+def test_racing_launches_replicates_through_the_searcher_with_their_own_seeds(storage):
+    """With a RacingPolicy the searcher itself queues replicates: the incumbent's second seed once
+    three configs ran, each a new trial (never an overwrite), on the tuning pool's next seed."""
+    from sweep.racing import RacingPolicy
+
+    s = make(storage, trial_seed=7, racing_policy=RacingPolicy(max_seeds=3, first_seed=7, incumbent_every=3))
+    values = {"t1": 0.5, "t2": 0.9, "t3": 0.4}
+    for tid, v in values.items():
+        config = s.suggest(tid)
+        assert config[bridge.SEED_KEY] == 7  # every new config: the first tuning seed (common random numbers)
+        s.on_trial_complete(tid, final(v))
+    best = max(s.study.get_trials(), key=lambda t: t.value)
+    config = s.suggest("t4")
+    t4 = s.study.get_trials()[-1]
+    assert config[bridge.SEED_KEY] == 8 and t4.user_attrs["seed"] == 8
+    assert t4.params == best.params and t4.user_attrs["replicate_of"] == best.number
+    assert t4.user_attrs["racing"] == "incumbent"
+    s.on_trial_complete("t4", final(0.88))
+    trials = s.study.get_trials()
+    assert len(trials) == 4 and [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert sorted(t.value for t in trials if t.params == best.params) == [0.88, 0.9]
+
+
+def test_protected_trials_are_never_cut_by_asha():
+    """The racing incumbent's replicates are the evidence the answer rests on: a low rung value
+    that would get any other trial cut must not cut them."""
+    from ray.tune.schedulers import TrialScheduler
+
+    from sweep.runner import PruningPlan, build_scheduler
+
+    for kind in ("asha",):  # the median rule takes the same guard; it needs Tune's controller to run
+        sched, _ = build_scheduler(PruningPlan(kind=kind, rungs=[5, 10], final_step=20, min_samples=2),
+                                   "maximize", protect=lambda tid: tid == "inc")
+        trials = [_StubTrial(n) for n in ("a", "b", "c", "inc", "bad")]
+        for t in trials:
+            sched.on_trial_add(None, t)
+        for t, v in zip(trials[:3], (0.9, 0.8, 0.85)):
+            for step in (5, 10):
+                sched.on_trial_result(None, t, {"step": step, bridge.OBJECTIVE_KEY: v, "time_total_s": step})
+        inc, bad = trials[3], trials[4]
+        actions = {t.trial_id: [sched.on_trial_result(None, t, {"step": s, bridge.OBJECTIVE_KEY: 0.1, "time_total_s": s})
+                                for s in (5, 10)] for t in (bad, inc)}
+        assert TrialScheduler.STOP in actions["bad"], kind
+        assert actions["inc"] == [TrialScheduler.CONTINUE] * 2, kind
+
+
 def test_a_trial_on_a_lost_ray_node_fails_and_is_requeued_once(storage, monkeypatch):
     # a lost node: the trial's process died (Tune: error=True) and Ray calls its node dead,
     # possibly a moment later. The node list stands in for ray.nodes() on a two-node cluster
@@ -364,3 +410,21 @@ def test_a_crash_on_a_live_node_is_the_trials_own_failure(storage, monkeypatch):
     t = only_trial(s)
     assert t.state == TrialState.FAIL and "crashed" in t.user_attrs["fail_reason"]
     assert "requeued_trials" not in s.study.user_attrs
+
+
+def test_racing_queues_nothing_behind_waiting_trials(storage):
+    """A replicate queued behind a waiting hand config would not be the one asked next and could
+    be left WAITING when the budget runs out: the race waits for an empty queue."""
+    from sweep.racing import RacingPolicy
+
+    s = make(storage, racing_policy=RacingPolicy(max_seeds=3, incumbent_every=1))
+    s.suggest("t1")
+    s.on_trial_complete("t1", final(0.7))  # an incumbent that wants a second seed (incumbent_every=1)
+    s.study.enqueue_trial({"x": 0.123, "zones": "all"})
+    s.suggest("t2")
+    trials = s.study.get_trials()
+    assert len(trials) == 2 and trials[1].params["x"] == 0.123 and "replicate_of" not in trials[1].user_attrs
+    s.on_trial_complete("t2", final(0.1))
+    s.suggest("t3")  # queue empty now: the replicate goes in and is asked at once
+    assert s.study.get_trials()[-1].user_attrs.get("replicate_of") == 0
+    assert not s.study.get_trials(states=(TrialState.WAITING,))

@@ -86,7 +86,7 @@ def test_trial_runs_a_command_objective(tmp_path: Path, capsys: pytest.CaptureFi
     data["objective"]["command"].update(command=[sys.executable, str(TESTS / "fake_verl.py")], cwd=str(tmp_path))
     study = tmp_path / "verl.yaml"
     study.write_text(yaml.safe_dump(data))
-    code = main(["trial", str(study), "--set", "+fake.step_sleep=0"])
+    code = main(["trial", str(study), "--set", "+fake.step_sleep=0", "--set", "+fake.patched=true"])
     result = json.loads(capsys.readouterr().out)
     assert result["kind"] == "command" and result["status"] == "complete", result["reason"]
     assert code == 0 and result["step"] == 20 and 0 <= result["value"] <= 1

@@ -11,7 +11,8 @@ from test_export import PLANTED, STUDY, make_study
 
 from objective.result import TrialResult
 from sweep.cli import main
-from sweep.confirm import confirm_study, fresh_seeds, mean_ci, top_trials
+from sweep.confirm import confirm_study, fresh_seeds, top_trials
+from sweep.stats import mean_ci
 from sweep.record import open_record
 
 
@@ -124,7 +125,8 @@ def test_confirm_command_with_the_real_tiny_trainer(tmp_path, capsys):
     entry = optuna.load_study(study_name=STUDY, storage=url).user_attrs["confirmations"]["0"]
     assert len(entry["values"]) == 1 and 0.0 <= entry["values"][0] <= 1.0 and entry["seeds"] == [1000]
     assert entry["ci_low"] is None and "no interval (n=1)" in captured.out
-    assert "noisesweep confirm:   step 1: val-core/tiny-arith/acc/mean@1=" in captured.err  # progress lines
+    # progress lines, named by run: runs go through Ray Tune side by side
+    assert "noisesweep confirm:   trial 0, seed 1000, step 1: val-core/tiny-arith/acc/mean@1=" in captured.err
 
 
 def test_table_shows_the_single_run_beside_the_confirmed_mean(tmp_path):
@@ -175,3 +177,17 @@ def test_a_spec_problem_stops_instead_of_failing_every_run(tmp_path, capsys):
     entry = optuna.load_study(study_name=STUDY, storage=url).user_attrs["confirmations"]["2"]
     assert entry["values"] == [] and entry["mean"] is None
     assert entry["failures"] == [{"seed": 1000, "status": "failed", "reason": "RuntimeError: CUDA error: device-side assert"}]
+
+
+def test_confirmation_seeds_never_come_from_the_tuning_pool(tmp_path):
+    """Tune and test on disjoint seeds: the whole racing pool is reserved, even its unused seeds."""
+    from sweep.confirm import used_seeds
+
+    url, _, _ = make_study(tmp_path)
+    record = open_record(STUDY, url)
+    pool = set(range(record.spec.trial_seed, record.spec.trial_seed + record.spec.racing.max_seeds))
+    assert pool <= used_seeds(record)
+    record.spec.trial_seed = 998  # a pool that reaches into the confirmation range: 998..1002
+    runner = FakeRunner()
+    confirm_study(record, top=1, seeds=3, runner=runner)
+    assert [s for _, s in runner.calls] == [1003, 1004, 1005]

@@ -111,7 +111,7 @@ def make_study(
 
 
 def conf_entry(values: list[float], params: dict[str, Any]) -> dict[str, Any]:
-    from sweep.confirm import mean_ci
+    from sweep.stats import mean_ci
 
     m, lo, hi = mean_ci(values)
     return {"values": values, "seeds": list(range(1000, 1000 + len(values))), "mean": m, "ci_low": lo, "ci_high": hi, "params": params}
@@ -134,7 +134,7 @@ def test_best_prefers_the_best_confirmed_mean(tmp_path, capsys):
     _, study_file, _ = make_study(tmp_path, confirmations=confs)
     assert main(["best", str(study_file)]) == 0  # STUDY as a file: name and storage from it
     out = capsys.readouterr().out
-    assert "trial 1 (E13i-targeted), chosen by confirmed mean" in out
+    assert "trial 1 (E13i-targeted), chosen by confirmed" in out
     assert "0.5800 [95% CI" in out and "0.6000 (single sweep run" in out
     assert " 3 high    1.000" in out  # multipliers per layer with zone names
 
@@ -180,12 +180,14 @@ def test_verl_export_loads_back_equal_to_the_study(tmp_path, capsys):
     assert main(["export", STUDY, "--storage", url, "--format", "verl", "-o", str(out)]) == 0
     block = load_verl_export(out)
     trial = optuna.load_study(study_name=STUDY, storage=url).trials[2]
-    assert block["enabled"] is True and block["use_variable_sigma"] is True
+    assert block["enabled"] is True and block["layer_types"] == ["rmsnorm"]
     assert block["sigma_start"] == trial.params["sigma_start"]
     assert block["sigma_end"] == trial.user_attrs["sigma_end"]
     assert block["num_stages"] == trial.params["num_stages"]
-    assert block["layer_multipliers"] == {i: m for i, m in enumerate(trial.user_attrs["multipliers"])}
-    assert all(type(k) is int for k in block["layer_multipliers"])
+    # the zone as the fork's target patterns; uniform inside it, so no layer_sigma_config
+    noised = [i for i, m in enumerate(trial.user_attrs["multipliers"]) if m > 0]
+    assert block["target_modules"] == [f"layers.{i}." for i in noised] and noised == [3, 4, 5]
+    assert "layer_sigma_config" not in block
 
 
 def test_verl_export_floats_round_trip_bit_exact(tmp_path):
@@ -200,28 +202,27 @@ def test_verl_export_floats_round_trip_bit_exact(tmp_path):
     plan = space.plan(planted[0][1])
     assert block["sigma_start"] == 0.0123456789012345
     assert block["sigma_end"] == plan.sigma_end
-    assert list(block["layer_multipliers"].values()) == list(plan.multipliers)
+    mults = block["layer_sigma_config"]["layer_multipliers"]
+    assert list(mults.values()) == list(plan.multipliers) and all(type(k) is int for k in mults)
     assert len(set(plan.multipliers)) == 8  # alpha > 0: all distinct, a real test of the repr
 
 
 def test_hydra_export_is_one_shell_line_the_command_objective_would_write(tmp_path, capsys):
     import shlex
 
-    from objective.command import FORK_MULTIPLIERS_KEY, CommandSpec, build_overrides
+    from objective.command import CommandSpec, build_overrides
 
-    url, _, _ = make_study(tmp_path)
+    url, _, space = make_study(tmp_path)
     assert main(["export", STUDY, "--storage", url, "--format", "hydra"]) == 0
     text = capsys.readouterr().out
     assert text.count("\n") == 1
     words = shlex.split(text)
     trial = optuna.load_study(study_name=STUDY, storage=url).trials[2]
-    spec = CommandSpec(command=["x"], param_map={"num_stages": "trainer.noise_injection.num_stages"},
-                       multipliers_key=FORK_MULTIPLIERS_KEY)
-    expected = build_overrides(spec, {"num_stages": 10, "multipliers": trial.user_attrs["multipliers"]})
-    assert set(expected) <= set(words)
+    spec = CommandSpec(command=["x"], noise_keys="verl-fork-patched")
+    assert words == build_overrides(spec, space.plan(trial.params).to_dict())  # exactly a trial's noise overrides
     assert "trainer.noise_injection.sigma_start=0.08" in words
-    assert "++trainer.noise_injection.layer_multipliers={0:0.0,1:0.0,2:0.0,3:1.0,4:1.0,5:1.0,6:0.0,7:0.0}" in words
-    assert "++trainer.noise_injection.use_variable_sigma=true" in words
+    assert "trainer.noise_injection.target_modules=['layers.3.','layers.4.','layers.5.']" in words
+    assert not any("layer_sigma_config" in w for w in words)  # uniform inside the zone
 
 
 def test_yaml_export_is_a_trainer_config_the_trial_command_reads_back(tmp_path):
@@ -248,7 +249,7 @@ def test_json_export_holds_everything(tmp_path, capsys):
     assert doc["trial"] == 2 and doc["value"] == 0.62 and doc["params"] == PLANTED[2][1]
     assert doc["confirmation"]["values"] == [0.61, 0.63] and math.isclose(doc["score"], 0.62)
     assert doc["derived"]["sigma_end"] == pytest.approx(0.001)
-    assert doc["verl"]["trainer.noise_injection"]["layer_multipliers"]["3"] == 1.0
+    assert doc["verl"]["trainer.noise_injection"]["target_modules"] == ["layers.3.", "layers.4.", "layers.5."]
     assert doc["intermediate_values"] == {"5": 0.42, "10": 0.5, "15": 0.58, "20": 0.62}
     assert doc["storage"] == url
 
@@ -287,7 +288,7 @@ def test_hydra_export_of_a_command_study_uses_its_own_keys(tmp_path, capsys):
     words = hydra_overrides(record, best_result(record))
     assert "a.sigma0=0.08" in words and "b.sigma0=0.08" in words and "a.stages=10" in words
     assert "++a.mults={0:0.0,1:0.0,2:0.0,3:1.0,4:1.0,5:1.0,6:0.0,7:0.0}" in words
-    assert "trainer.noise_injection.sigma_end=0.001" in words  # unmapped: the fork's key
+    assert not any(w.startswith("trainer.noise_injection") for w in words)  # unmapped: its trials never got it
     assert main(["export", STUDY, "--storage", url, "--format", "yaml"]) == 2
     assert "runs a command objective" in capsys.readouterr().err
 
@@ -346,3 +347,39 @@ def test_an_empty_sqlite_file_is_reported_not_filled_with_tables(tmp_path, capsy
     err = capsys.readouterr().err
     assert "holds no Optuna studies" in err and err.count("\n") == 1
     assert empty.stat().st_size == 0
+
+
+def test_best_takes_the_replicated_incumbent_over_a_lucky_single_run(tmp_path, capsys):
+    """Three seeds of one config (mean 0.58) beat one lucky run at 0.62: chosen by replicates, with a CI."""
+    targeted = PLANTED[1][1]
+    planted = [
+        PLANTED[2],  # E13i-high: one run, 0.62
+        ("E13i-targeted", targeted, TrialState.COMPLETE, 0.60, [0.60]),
+        (None, targeted, TrialState.COMPLETE, 0.55, [0.55]),
+        (None, targeted, TrialState.COMPLETE, 0.59, [0.59]),
+        (None, targeted, TrialState.PRUNED, None, [0.10]),  # a pruned replicate never counts
+    ]
+    url, _, _ = make_study(tmp_path, planted=planted)
+    assert main(["best", STUDY, "--storage", url, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["chosen_by"] == "replicates" and out["trial"] == 1
+    assert out["n_seeds"] == 3 and out["replicates"] == {"1": 0.60, "2": 0.55, "3": 0.59}
+    assert out["score"] == pytest.approx(0.58) and out["search_score"] == pytest.approx(0.58)
+    lo, hi = out["ci95"]
+    assert lo < 0.58 < hi and hi - lo > 0.05  # sd 0.026 over 3 seeds: a wide interval, honestly shown
+    assert out["confirmed_score"] is None and out["search_confirmed_gap"] is None
+
+
+def test_best_json_gap_is_search_minus_confirmed(tmp_path, capsys):
+    targeted = PLANTED[1][1]
+    planted = [
+        ("E13i-targeted", targeted, TrialState.COMPLETE, 0.60, [0.60]),
+        (None, targeted, TrialState.COMPLETE, 0.56, [0.56]),
+    ]
+    url, _, _ = make_study(tmp_path, planted=planted, confirmations={"0": conf_entry([0.50, 0.54, 0.52], targeted)})
+    assert main(["best", STUDY, "--storage", url, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["chosen_by"] == "confirmed" and out["n_seeds"] == 3
+    assert out["search_score"] == pytest.approx(0.58) and out["confirmed_score"] == pytest.approx(0.52)
+    assert out["search_confirmed_gap"] == pytest.approx(0.06)
+    assert out["ci95"][0] < 0.52 < out["ci95"][1]

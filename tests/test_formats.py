@@ -8,15 +8,14 @@ to differ. Most tests run eagerly (tensors below the compile threshold); one tes
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import pytest
 import torch
 
-from quant import _fused
-from quant import formats as F
+from quant import fp4_compiled
 from quant.formats import KNOWN_FORMATS, fake_quantize
+from quant.fp4_kernels import eager_fake_quantize, round_to_e4m3
 
 torchao_mx = pytest.importorskip("torchao.prototype.mx_formats.mx_tensor")
 torchao_nv = pytest.importorskip("torchao.prototype.mx_formats.nvfp4_tensor")
@@ -27,7 +26,7 @@ E2M1_GRID = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
 @pytest.fixture(autouse=True)
 def _eager_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep these tests on the eager reference unless a test opts into compiling."""
-    monkeypatch.setenv(_fused.ENV_VAR, "0")
+    monkeypatch.setenv(fp4_compiled.ENV_VAR, "0")
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:
@@ -227,7 +226,7 @@ def test_round_to_e4m3_equals_the_float8_cast() -> None:
         torch.tensor([0.0, 448.0, 449.0, 463.9, 464.0, 1e6, 2.0**-10, 2.0**-10 * 1.0000001]),
     ])
     expected = v.clamp(max=448.0).to(torch.float8_e4m3fn).float()
-    assert torch.equal(F.round_to_e4m3(v), expected)
+    assert torch.equal(round_to_e4m3(v), expected)
 
 
 # ----------------------------------------------------------------------------- API
@@ -280,47 +279,48 @@ def edge_case_tensor(cols: int) -> torch.Tensor:
 
 @pytest.mark.slow
 def test_compiled_path_is_bit_identical_to_eager(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One fp32 graph per format (dynamic shapes: both column counts share it)."""
-    monkeypatch.setenv(_fused.ENV_VAR, "1")
-    for cols in (128, 100):
-        x = edge_case_tensor(cols)
-        assert x.numel() >= _fused.MIN_NUMEL
+    """One graph set per format and dtype (dynamic shapes: both column counts share it)."""
+    monkeypatch.setenv(fp4_compiled.ENV_VAR, "1")
+    for dtype, cols in ((torch.float32, 128), (torch.float32, 100), (torch.bfloat16, 128)):
+        x = edge_case_tensor(cols).to(dtype)
+        assert x.numel() >= fp4_compiled.MIN_NUMEL
         for fmt in KNOWN_FORMATS:
-            fused = _fused.quantize(x, fmt)
+            fused = fp4_compiled.quantize(x, fmt)
             assert fused is not None, "compilation failed on this machine"
-            assert torch.equal(bits(fused), bits(F._eager(x, fmt)))
+            assert fused.dtype == dtype
+            assert torch.equal(bits(fused), bits(eager_fake_quantize(x, fmt)))
     x = edge_case_tensor(128)
     x[9, 70] = float("nan")
-    assert torch.equal(bits(_fused.quantize(x, "mxfp4")), bits(F._eager(x, "mxfp4")))
-    assert torch.isnan(_fused.quantize(x, "nvfp4")).all()
+    assert torch.equal(bits(fp4_compiled.quantize(x, "mxfp4")), bits(eager_fake_quantize(x, "mxfp4")))
+    assert torch.isnan(fp4_compiled.quantize(x, "nvfp4")).all()
     # STE keeps working with the fast forward.
     xg = edge_case_tensor(128).requires_grad_(True)
     out = fake_quantize(xg, "mxfp4", ste=True)
     out.sum().backward()
-    assert torch.equal(bits(out.detach()), bits(F._eager(xg.detach(), "mxfp4")))
+    assert torch.equal(bits(out.detach()), bits(eager_fake_quantize(xg.detach(), "mxfp4")))
     assert torch.equal(xg.grad, torch.ones_like(xg))
 
 
 def test_env_var_and_small_tensors_stay_eager(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(_fused.ENV_VAR, "0")
-    assert _fused.quantize(torch.randn(256, 128), "mxfp4") is None
-    monkeypatch.setenv(_fused.ENV_VAR, "1")
-    assert _fused.quantize(torch.randn(4, 70), "mxfp4") is None  # below MIN_NUMEL
+    monkeypatch.setenv(fp4_compiled.ENV_VAR, "0")
+    assert fp4_compiled.quantize(torch.randn(256, 128), "mxfp4") is None
+    monkeypatch.setenv(fp4_compiled.ENV_VAR, "1")
+    assert fp4_compiled.quantize(torch.randn(4, 70), "mxfp4") is None  # below MIN_NUMEL
 
 
 def test_compile_failure_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(_fused.ENV_VAR, "1")
-    monkeypatch.setattr(_fused, "_failed", False)
+    monkeypatch.setenv(fp4_compiled.ENV_VAR, "1")
+    monkeypatch.setattr(fp4_compiled, "_failed", False)
 
     def broken(fmt: str, flat: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("no C compiler found")
 
-    monkeypatch.setattr(_fused, "_run", broken)
+    monkeypatch.setattr(fp4_compiled, "_run", broken)
     x = torch.randn(256, 128)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         first = fake_quantize(x, "mxfp4")
         second = fake_quantize(x, "nvfp4")
     assert len([w for w in caught if "eager" in str(w.message)]) == 1
-    assert torch.equal(bits(first), bits(F._eager(x, "mxfp4")))
-    assert torch.equal(bits(second), bits(F._eager(x, "nvfp4")))
+    assert torch.equal(bits(first), bits(eager_fake_quantize(x, "mxfp4")))
+    assert torch.equal(bits(second), bits(eager_fake_quantize(x, "nvfp4")))

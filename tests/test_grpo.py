@@ -56,3 +56,22 @@ def test_unclipped_region_gradient_is_advantage_times_ratio() -> None:
     # d/dlogp of -(ratio*A)/2 = -A*ratio/2 per token
     assert logp.grad.tolist()[0] == pytest.approx([-2.0 * math.exp(0.1) / 2, -1.0], abs=1e-6)
     assert info["clipfrac"] == 0.0
+
+
+def test_dual_clip_bounds_the_loss_of_a_negative_advantage_token_with_a_large_ratio() -> None:
+    # ratio e^2 = 7.39, A = -1: the PPO clip keeps -min(-7.39, -1.28) = 7.39;
+    # dual clip (verl's clip_ratio_c = 3) caps the per-token loss at -A * 3 = 3
+    logp, old, mask = torch.tensor([[2.0]]), torch.zeros(1, 1), torch.ones(1, 1)
+    kw = dict(eps_low=0.2, eps_high=0.28, token_mean=True)
+    plain, _ = grpo.policy_loss(logp, old, torch.tensor([-1.0]), mask, **kw)
+    dual, _ = grpo.policy_loss(logp, old, torch.tensor([-1.0]), mask, clip_ratio_c=3.0, **kw)
+    assert float(plain) == pytest.approx(math.exp(2.0)) and float(dual) == pytest.approx(3.0)
+    pos, _ = grpo.policy_loss(logp, old, torch.tensor([1.0]), mask, clip_ratio_c=3.0, **kw)
+    assert float(pos) == pytest.approx(-1.28)  # positive advantages: the ordinary clip only
+
+
+def test_overlong_penalty_is_dapos_linear_ramp_over_the_buffer() -> None:
+    # max 10 tokens, buffer 4 -> free up to 6; 7 tokens: -1/4 * 0.5; 10 tokens: -0.5
+    pen = grpo.overlong_penalty(torch.tensor([5, 6, 7, 10]), max_len=10, buffer_len=4, factor=0.5)
+    assert pen.tolist() == pytest.approx([0.0, 0.0, -0.125, -0.5])
+    assert grpo.overlong_penalty(torch.tensor([10]), max_len=10, buffer_len=0, factor=0.5).tolist() == [0.0]

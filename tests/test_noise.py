@@ -187,7 +187,8 @@ def test_rmsnorm_noise_std_per_layer_and_zero_layers_untouched(model):
             assert deltas[i].std().item() == pytest.approx(sigma * m, rel=0.1)
             assert rec["std"][i] == pytest.approx(deltas[i].std(unbiased=False).item(), rel=1e-4)
             assert abs(deltas[i].mean().item()) < 4 * sigma * m / math.sqrt(1024)
-    assert torch.equal(now["model.norm.weight"], clean["model.norm.weight"])  # final norm: no layer
+    final = now["model.norm.weight"] - clean["model.norm.weight"]  # final norm: the last layer's multiplier
+    assert final.std().item() == pytest.approx(sigma * MULTS[-1], rel=0.1) and rec["final_norm"]["multiplier"] == MULTS[-1]
     assert rec["step"] == 5 and rec["sigma"] == sigma and rec["multipliers"] == MULTS
     assert inj.records == [rec]
     after = norm_weights(model)

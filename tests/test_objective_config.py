@@ -30,6 +30,9 @@ def test_clip_defaults_follow_the_algorithm() -> None:
         ({"noise": {"sigma_start": 0.001, "sigma_end": 0.01}}, "noise.sigma_end"),
         ({"noise": {"num_stages": 2}}, "noise.num_stages"),
         ({"steps": {"total": 10, "val_at": [0, 5, 15]}}, "steps.val_at"),
+        ({"steps": {"total": 10, "val_at": [0, 5]}}, "steps.val_at must include steps.total=10"),
+        ({"steps": {"total": 4}}, "steps.val_at"),  # the default val_at reaches past a shorter run
+        ({"task": {"num_val_intermediate": 0}}, "task.num_val_intermediate"),
         ({"algo": {"nme": "grpo"}}, "algo.nme: unknown key"),
         ({"quant": {"format": "int4"}}, "quant.format"),
         ({"algo": {"lr": -1}}, "algo.lr"),
@@ -45,3 +48,9 @@ def test_bad_values_raise_one_line_value_errors(cfg: dict, needle: str) -> None:
 def test_config_object_passes_through_and_val_at_is_sorted() -> None:
     c = TrialConfig.model_validate({"steps": {"total": 4, "val_at": [4, 0, 2, 2]}})
     assert load_config(c) is c and c.steps.val_at == [0, 2, 4]
+
+
+def test_final_step_is_scored_on_the_full_set_and_earlier_ones_on_a_subset() -> None:
+    c = load_config({})
+    assert (c.task.num_val, c.task.num_val_intermediate) == (1000, 300)
+    assert load_config({"task": {"num_val_intermediate": None}}).task.num_val_intermediate is None

@@ -37,7 +37,7 @@ def test_report_writes_all_plots_and_answers_the_hypotheses(tmp_path, capsys):
         assert f"]({name})" in md
     assert "| COMPLETE | 6 |" in md and "| PRUNED | 1 |" in md and "| FAIL | 1 |" in md
     assert "Budget ledger: 7 counted trials" in md
-    assert "Trial 1 (E13i-targeted), chosen by confirmed mean" in md
+    assert "Trial 1 (E13i-targeted), chosen by confirmed" in md
     v = _verdicts(md)
     # targeted (confirmed 0.58, noise sd 0.01) vs global (best 0.45): far outside the noise
     assert v["H1"] == "targeted better"
@@ -178,3 +178,23 @@ def test_foreign_confirmation_entries_do_not_break_the_report(tmp_path):
     assert main(["report", STUDY, "--storage", url, "-o", str(out)]) == 0
     md = (out / "summary.md").read_text()
     assert "| 2 | " in md and "0.5500" in md
+
+
+def test_replicates_alone_give_verdicts_with_intervals():
+    """No confirmations, but racing's replicates: the noise is measured, so each hypothesis with
+    both sides gets a verdict with an interval or an upper bound on the difference."""
+
+    class T:
+        def __init__(self, n, zones, v):
+            self.number, self.value = n, v
+            self.params = dict(sigma_start=0.05, sigma_ratio=0.01, num_stages=10, zones=zones, alpha=0.0)
+            self.user_attrs = {}
+
+    close = [T(0, "all", 0.70), T(1, "all", 0.72), T(2, "all", 0.71), T(3, "high", 0.69), T(4, "high", 0.71)]
+    h1 = analyze(close, {})[0]
+    assert h1.a.runs_behind_best() == 3 and h1.b.runs_behind_best() == 2
+    assert h1.verdict == INCONCLUSIVE and h1.reason.startswith("no difference larger than ")
+    assert "points at 95 %" in h1.reason and "[95% CI" in h1.reason
+    apart = [T(0, "all", 0.80), T(1, "all", 0.81), T(2, "all", 0.79), T(3, "high", 0.60), T(4, "high", 0.61)]
+    h1 = analyze(apart, {})[0]
+    assert h1.verdict_text == "global better" and "+19.5 points [95% CI" in h1.reason

@@ -213,10 +213,14 @@ def test_run_and_status_commands(ray_local, tmp_path, monkeypatch, capsys):
            "--set", "seed_configs=[E13i-baseline, E13i-targeted]"]
     # bad input: one line, exit 2, nothing written (the shipped cwd is the user's verl checkout)
     assert main(["run", study, "--storage", url, *cpu]) == 2
-    cpu += ["--set", f"objective.command.cwd={tmp_path}"]
-    # the script the shipped study names must exist in cwd (preflight); the objective is faked
-    script = tmp_path / "scripts" / "test_mxfp4_w4a4_ste_fix_e13h.sh"
-    script.parent.mkdir()
+    from sweep.study_loader import load_study
+
+    checkout = tmp_path / "verl"
+    checkout.mkdir()
+    cpu += ["--set", f"objective.command.cwd={checkout}"]
+    # the script the shipped study names must exist relative to cwd (preflight); the objective is faked
+    script = checkout / next(a for a in load_study(study).objective.command.command if a.endswith(".sh"))
+    script.parent.mkdir(parents=True)
     script.write_text("#!/bin/bash\n")
     assert main(["run", study, "--storage", url, "--set", "budget.trials=zero"]) == 2
     assert main(["run", study, "--storage", url, "--trials", "0"]) == 2

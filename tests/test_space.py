@@ -59,7 +59,7 @@ def test_define_stays_in_range_and_sigma_end_never_exceeds_start(qwen_space: Sea
         trial = study.ask()
         derived = qwen_space.define(trial)["noise_plan"]
         p = trial.params
-        assert set(p) == {"sigma_start", "sigma_ratio", "num_stages", "zones", "alpha", "site"}
+        assert set(p) == {"sigma_start", "sigma_ratio", "num_stages", "zones", "alpha"}  # site: rmsnorm only on vLLM
         for name, dist in d.items():
             assert dist._contains(dist.to_internal_repr(p[name])), (name, p[name])
         assert derived["sigma_end"] <= p["sigma_start"]
@@ -145,8 +145,9 @@ def test_to_command_values_feed_the_fork_overrides() -> None:
     assert values["target_layers"] == list(range(10, 20))
     overrides = build_overrides(spec.objective.command, values)
     assert "trainer.noise_injection.sigma_end=0.0005" in overrides
-    mult = next(o for o in overrides if o.startswith("++trainer.noise_injection.layer_multipliers="))
-    assert "9:0.0" in mult and "15:1.0" in mult
+    # the zone reaches the fork as target patterns; uniform inside it, so no layer_sigma_config
+    assert "trainer.noise_injection.target_modules=" + "[" + ",".join(f"'layers.{i}.'" for i in range(10, 20)) + "]" in overrides
+    assert not any("layer_sigma_config" in o for o in overrides)
     with pytest.raises(UserError):
         space.to_trial_config(params, seed=1)
 
@@ -230,3 +231,25 @@ def test_a_bad_prior_center_names_its_key(tmp_path: Path, tiny_profile: Path, ov
     with pytest.raises(UserError, match=message) as err:
         load_study(write_study(tmp_path, tiny_profile), [override])
     assert "\n" not in str(err.value) and str(err.value).startswith(str(tmp_path))
+
+
+def test_gp_samplers_are_noise_aware_and_keep_the_prior(qwen_space: SearchSpace) -> None:
+    """gp / gp-prior: Optuna's GPSampler with a learned noise variance; gp-prior wraps it in the
+    same decaying SRDD prior as `prior` does TPE. Both must run on the real space (categorical
+    zones, log sigmas, int stages) and propose in-range configs."""
+    from sweep.prior import PriorGuidedSampler
+
+    spec = qwen_space.spec
+    for kind in ("gp", "gp-prior"):
+        space = SearchSpace.from_spec(spec.model_copy(update={"sampler": spec.sampler.model_copy(update={"kind": kind})}),
+                                      qwen_space.profile)
+        sampler = space.make_sampler(0)
+        gp = sampler.base if isinstance(sampler, PriorGuidedSampler) else sampler
+        assert isinstance(gp, optuna.samplers.GPSampler) and gp._deterministic is False
+        assert isinstance(sampler, PriorGuidedSampler) == (kind == "gp-prior")
+        study = _study(space, sampler)
+        for i in range(8):
+            trial = study.ask()
+            space.define(trial)
+            study.tell(trial, 0.5 + 0.01 * math.log(trial.params["sigma_start"]) + 0.001 * i)
+        assert all(space.distributions["sigma_start"]._contains(t.params["sigma_start"]) for t in study.trials)

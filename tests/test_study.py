@@ -104,9 +104,8 @@ def test_shipped_qwen_study_matches_the_seeds() -> None:
 def test_shipped_verl_command_study_maps_the_fork_keys() -> None:
     spec = load_study(STUDIES / "verl-command-mxfp4-w4a4.yaml")
     cmd = spec.objective.command
-    assert cmd.param_map["sigma_start"] == "trainer.noise_injection.sigma_start"
-    assert cmd.multipliers_key == "++trainer.noise_injection.layer_multipliers"
-    assert "++trainer.noise_injection.use_variable_sigma=true" in cmd.extra_overrides
+    assert cmd.noise_keys == "verl-fork-patched" and cmd.verify_mode == "strict"
+    assert cmd.command[-1].endswith("studies/verl/e13-trial.sh") and cmd.param_map["seed"][0] == "data.seed"
     assert spec.rungs() == [5, 10, 15]
 
 
@@ -145,6 +144,12 @@ ERROR_CASES = [
      ["objective.config.quant.format: must be", "(got 'mxfp5')", "(set by --set)"]),
     ("wrong_type", None, ["budget.trials=many"], ["budget.trials:", "(got 'many')"]),
     ("unknown_site", {"space": {"site": ["rmsnorm", "attention"]}}, [], ["space.site.1: must be"]),
+    # settings that would silently change what is measured
+    ("rung_not_a_validation_step", None, ["pruning.rungs=[3, 10]"],
+     ["pruning.rungs: [3] are not validation steps before the final step"]),
+    ("rung_at_the_final_step", None, ["pruning.rungs=[20]"], ["pruning.rungs: [20] are not validation steps"]),
+    ("linear_site_on_vllm", None, ["objective.config.rollout.backend=vllm", "space.site=[rmsnorm, linear]"],
+     ["space.site: 'linear' cannot run on rollout.backend=vllm"]),
     ("password_in_file", {"storage": "postgresql://u:hunter2@db/x"}, [], ["storage:", "password", "***"]),
     ("unknown_seed_config", {"seed_configs": ["E13i-baseline", "E99"]}, [],
      ["seed_configs: unknown seed config 'E99'"]),

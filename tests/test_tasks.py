@@ -16,9 +16,11 @@ from objective.tasks.tiny_arith import format_answer, split
 
 def test_tiny_split_is_deterministic_and_disjoint() -> None:
     a = load_task({"name": "tiny-arith", "seed": 1})
-    b = load_task(SimpleNamespace(name="tiny-arith", seed=1, num_val=300, train_path=None, val_path=None))
+    b = load_task(SimpleNamespace(name="tiny-arith", seed=1, num_val=1000, train_path=None, val_path=None))
     assert a.val == b.val and a.train == b.train
-    assert len(a.val) == 300 and len(a.train) > 3_000
+    assert len(a.val) == 1000 and len(a.train) > 6_000  # the final score reads >= 1,000 problems
+    train, held = split()
+    assert len(held) >= 1000 and len(train) + len(held) == 7969
     assert not {e.prompt for e in a.train} & {e.prompt for e in a.val}
     assert a.data_source == "tiny-arith" and all(e.data_source == "tiny-arith" for e in a.val)
 
@@ -39,6 +41,7 @@ def test_tiny_examples_are_correct_and_scored_by_the_gsm8k_reward() -> None:
         assert eval(expr) == ans  # noqa: S307 - our own generated arithmetic
         assert gsm8k_strict_score(format_answer(ans), str(ans)) == 1.0
     assert any(ans < 0 for _, ans in train)  # negatives exercise the `-?` of the regex
+    assert any(ans > 150 for _, ans in held) and any(ans < -150 for _, ans in held)  # three-digit operands
     task = load_task({"name": "tiny-arith"})
     assert task.format_prompt(task.val[0], tokenizer=None) == task.val[0].prompt
 

@@ -96,3 +96,74 @@ def test_pretrain_is_deterministic() -> None:
     m3, _, _ = train(steps=3, seed=6)
     assert not torch.equal(m1.lm_head.weight, m3.lm_head.weight)
     assert meta1["steps"] == 3 and meta1["train_examples_seen"] == 3 * 64
+
+
+def test_shipped_checkpoint_carries_massive_activations_in_its_inner_layers(tiny) -> None:  # noqa: ANN001
+    """objective/tiny/outliers.py: a few residual channels hold a large near-constant value after
+    the writing layers and lose it after the erasing ones, like a real LLM's massive activations."""
+    from objective.tiny import outliers
+
+    model, tok = tiny
+    val = load_task({"name": "tiny-arith", "num_val": 64}).val
+    enc = tok([f"{e.prompt}#### {e.ground_truth}" for e in val], return_tensors="pt", padding=True,
+              add_special_tokens=False)
+    outs: list[torch.Tensor] = []
+    hooks = [layer.register_forward_hook(lambda _m, _a, o: outs.append(o[0] if isinstance(o, tuple) else o))
+             for layer in model.model.layers]
+    try:
+        with torch.no_grad():
+            model(**enc)
+    finally:
+        for h in hooks:
+            h.remove()
+    mask = enc["attention_mask"].reshape(-1).bool()
+    chans = list(outliers.CHANNELS)
+    rest = [c for c in range(model.config.hidden_size) if c not in chans]
+    ratios = []
+    for h in outs:
+        x = h.reshape(-1, h.shape[-1])[mask]
+        ratios.append(float(x[:, chans].abs().mean() / x[:, rest].pow(2).mean().sqrt()))
+    for level, r in zip(outliers.levels(len(outs)), ratios):
+        if level == 1.0:
+            assert r > 4.0, ratios  # the massive channels dwarf the rest of the stream
+        elif level == 0.0:
+            assert r < 2.0, ratios  # before the writers and after the erasers: an ordinary stream
+    meta = json.loads((TINY_CHECKPOINT_DIR / "pretrain_meta.json").read_text())
+    assert meta["massive_activations"]["channels"] == chans
+
+
+def test_pretraining_keeps_the_construction_in_place() -> None:
+    """Re-imposed after every optimizer step: neither gradients nor weight decay move it."""
+    from objective.tiny import outliers
+
+    model, _, meta = train(steps=3, seed=5)
+    value = meta["massive_activations"]["value"]
+    assert value > 0
+    for li, share in outliers.WRITES.items():
+        attn = model.model.layers[li].self_attn
+        d = outliers.VALUE_DIM
+        assert torch.all(attn.v_proj.weight[d] == 0) and float(attn.v_proj.bias[d]) == outliers.STORED_BIAS
+        col = attn.o_proj.weight[:, d]
+        want = torch.tensor([share * value * g / outliers.STORED_BIAS for g in outliers.CHANNEL_GAINS])
+        assert torch.allclose(col[list(outliers.CHANNELS)], want)
+        assert int((col != 0).sum()) == len(outliers.CHANNELS)
+
+
+def test_stored_form_of_the_construction_computes_the_same_function(tiny) -> None:  # noqa: ANN001
+    """The checkpoint holds the constant at 16 (4-bit exact); pretraining held it at 1: same outputs."""
+    from objective.tiny import outliers
+
+    model, tok = tiny
+    meta = json.loads((TINY_CHECKPOINT_DIR / "pretrain_meta.json").read_text())
+    value = meta["massive_activations"]["value"]
+    enc = tok(["12+3=#### 15", "147-8=#### 139"], return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        stored = model(**enc).logits
+        outliers.impose(model, value)  # the training form
+        try:
+            trained = model(**enc).logits
+        finally:
+            outliers.impose(model, value, bias=outliers.STORED_BIAS)
+        again = model(**enc).logits
+    assert torch.equal(stored, again)
+    assert torch.allclose(stored, trained, rtol=1e-4, atol=1e-3)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from objective import StopTrial, run_trial
 from objective import grpo as grpo_mod
@@ -177,7 +176,58 @@ def test_rl_raises_a_learnable_reward_on_the_tiny_checkpoint(monkeypatch: pytest
     monkeypatch.setattr(reward_mod, "gsm8k_strict_score", even_last_digit)
     cfg = {"seed": 0, "threads": 1, "quant": {"format": "none"}, "task": {"num_val": 1},
            "algo": {"lr": 5e-2, "prompts_per_step": 8, "samples_per_prompt": 8},
-           "steps": {"total": 8, "val_at": [0]}}
+           "steps": {"total": 8, "val_at": [0, 8]}}
     res = run_trial(cfg)
     r = [h["metrics"]["train/reward_mean"] for h in res.applied["train"]]
     assert sum(r[-2:]) / 2 > sum(r[:2]) / 2 + 0.2, r
+
+
+def test_warmup_starts_at_lr_zero_and_weight_decay_reaches_the_optimizer(model_dir: Path) -> None:
+    from objective.config import load_config
+    from objective.trainer import Trainer
+
+    cfg = load_config(small(model_dir, algo={"lr_warmup_steps": 2, "weight_decay": 0.1, "lr": 1e-2}))
+    trainer = Trainer(cfg)
+    try:
+        assert trainer.optim.param_groups[0]["weight_decay"] == 0.1
+        lora = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+        def moved() -> float:
+            return max(float((p.detach() - lora[n]).abs().max()) for n, p in trainer.model.named_parameters()
+                       if p.requires_grad)
+
+        m1 = trainer.train_step(1, 0.0)
+        assert m1["train/lr"] == 0.0 and moved() == 0.0  # verl: step 1 of a warm-up runs at lr 0
+        m2 = trainer.train_step(2, 0.0)
+        assert m2["train/lr"] == pytest.approx(5e-3) and moved() > 0
+        assert trainer.train_step(3, 0.0)["train/lr"] == pytest.approx(1e-2)
+    finally:
+        trainer.close()
+
+
+def test_mini_batches_give_several_updates_per_step(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reward_mod, "gsm8k_strict_score", lambda response, truth: float(len(response) % 2))
+    res = run_trial(small(model_dir, algo={"mini_batch_size": 1, "micro_batch_size": 3},
+                          steps={"total": 1, "val_at": [1]}))
+    assert res.status == "complete", res.reason
+    assert res.history[-1]["metrics"]["train/updates"] == 4  # 4 prompts / mini-batch 1
+
+
+def test_dapo_filters_on_the_score_and_adds_the_overlong_penalty_to_the_reward(
+        model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reward_mod, "gsm8k_strict_score", lambda response, truth: 1.0)
+    over = {"overlong_buffer_len": 5, "overlong_penalty_factor": 0.5}  # responses of > 1 token are penalized
+    grpo_run = run_trial(small(model_dir, algo=over, steps={"total": 1, "val_at": [1]}))
+    m = grpo_run.history[-1]["metrics"]
+    assert m["train/overlong_frac"] > 0 and m["train/overlong_penalty_mean"] < 0
+    assert m["train/reward_mean"] == pytest.approx(1.0 + m["train/overlong_penalty_mean"])
+    # DAPO: every group scores 1 everywhere, so every group is dropped, whatever the penalties
+    dapo_run = run_trial(small(model_dir, algo={**over, "name": "dapo", "max_refills": 0}, steps={"total": 1, "val_at": [1]}))
+    assert dapo_run.history[-1]["metrics"]["train/groups_used"] == 0
+
+
+def test_bad_ppo_shapes_are_one_line_errors(model_dir: Path) -> None:
+    with pytest.raises(ValueError, match=r"algo.mini_batch_size \(5\) > algo.prompts_per_step \(4\)"):
+        run_trial(small(model_dir, algo={"mini_batch_size": 5}))
+    with pytest.raises(ValueError, match=r"algo.overlong_buffer_len \(6\) must be < the response length \(6\)"):
+        run_trial(small(model_dir, algo={"overlong_buffer_len": 6}))

@@ -7,7 +7,16 @@ import math
 
 import pytest
 
-from objective.verl_log import JsonlFollower, parse_console_line, parse_jsonl_line, parse_value
+from objective.verl_log import (
+    AqnApplied,
+    AqnEnabled,
+    AqnInjection,
+    JsonlFollower,
+    parse_aqn_line,
+    parse_console_line,
+    parse_jsonl_line,
+    parse_value,
+)
 
 ACC = "val-core/openai/gsm8k/acc/mean@1"
 
@@ -120,3 +129,55 @@ def test_jsonl_follower_restarts_on_truncation_and_skips_stale(tmp_path) -> None
     path.unlink()
     path.write_text('{"step": 0, "data": {"a": 0.2}}\n{"step": 5, "data": {"a": 0.3}}\n')  # replaced
     assert follower.poll() == [(0, {"a": 0.2}), (5, {"a": 0.3})]
+
+
+# --------------------------------------------------------------------------- the fork's [AQN] lines
+# Formats of verl/utils/noise_injection.py generate_expert_gaussian_noise and
+# verl/workers/rollout/vllm_rollout/vllm_rollout.py vLLMAsyncRollout.__init__ (zhshgmail/verl, feature/npu-aqn-test).
+TARGETS = "['layers.10.', 'layers.11.', 'layers.12.']"
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (f"\x1b[36m(WorkerDict pid=2041)\x1b[0m [AQN] Noise injection (Dense) - Step: 6/29, Sigma ID: 1, Sigma: 0.028117, "
+         f"LayerTypes: ['rmsnorm'], Target: {TARGETS}, SRDD-guided=28 layers",
+         AqnInjection(step=6, total_steps=29, sigma_id=1, sigma=0.028117, layer_types=("rmsnorm",),
+                      target=("layers.10.", "layers.11.", "layers.12."), srdd_layers=28)),
+        # no target pattern arrived (ALL), not SRDD-guided, prefix with ip
+        ("\x1b[36m(WorkerDict pid=9, ip=10.0.0.1)\x1b[0m [AQN] Noise injection (Dense) - Step: 0/29, Sigma ID: 0, Sigma: 0.000000, "
+         "LayerTypes: ['rmsnorm'], Target: ALL",
+         AqnInjection(step=0, total_steps=29, sigma_id=0, sigma=0.0, layer_types=("rmsnorm",), target=None, srdd_layers=None)),
+        # E14a's zone schedule suffix after the SRDD one; two layer types
+        ("[AQN] Noise injection (MoE) - Step: 20/58, Sigma ID: 6, Sigma: 0.001000, LayerTypes: ['rmsnorm', 'linear'], "
+         "Target: ['post_attention_layernorm'], SRDD-guided=0 layers, Zone=LATE(mid_mult=0.5)",
+         AqnInjection(step=20, total_steps=58, sigma_id=6, sigma=0.001, layer_types=("rmsnorm", "linear"),
+                      target=("post_attention_layernorm",), srdd_layers=0, zone_phase="LATE")),
+        ("\x1b[36m(WorkerDict pid=2041)\x1b[0m [AQN] Applied noise to 20 rmsnorm layers (skipped 37 excluded layers) "
+         "(SRDD-guided) [repeated 2x across cluster]",
+         AqnApplied(count=20, layer_types=("rmsnorm",), skipped=37, srdd_guided=True)),
+        ("(WorkerDict pid=7) [AQN] Applied noise to 104 rmsnorm+linear layers (skipped 9 excluded layers)",
+         AqnApplied(count=104, layer_types=("rmsnorm", "linear"), skipped=9, srdd_guided=False)),
+        (f"(WorkerDict pid=7) [AQN] Noise injection enabled: 9 stages, total_steps=29, targets={TARGETS}",
+         AqnEnabled(stages=9, total_steps=29, targets=("layers.10.", "layers.11.", "layers.12."))),
+        ("(WorkerDict pid=7) [AQN] Noise injection enabled: 9 stages, total_steps=1000, targets=AUTO (Dense=ALL, MoE=post_attn)",
+         AqnEnabled(stages=9, total_steps=1000, targets=None)),
+        # tqdm's carriage return before the line
+        ("Training Progress:  20%|##   | 4/20\r(WorkerDict pid=7) [AQN] Applied noise to 2 rmsnorm layers (skipped 0 excluded layers)",
+         AqnApplied(count=2, layer_types=("rmsnorm",), skipped=0, srdd_guided=False)),
+    ],
+)
+def test_aqn_lines_parse(line: str, expected: object) -> None:
+    assert parse_aqn_line(line) == expected
+
+
+@pytest.mark.parametrize("line", [
+    "[AQN] Applying noise injection: step=6/29, sigma_id=1, sigma=0.028117",  # every rank's echo: not the record
+    "[AQN-Fix] Restored 57 layers to clean weights (step 6, LoRA-only sync)",
+    "[AQN] Skipping noise injection during validation (QeRL behavior)",
+    "[AQN] Noise injection (Dense) - Step: 6/29, Sigma ID: 1, Sigma: tensor(0.02), LayerTypes: ['rmsnorm'], Target: ALL",
+    "step:5 - [AQN] Noise injection (Dense)",
+    "",
+])
+def test_other_lines_are_not_aqn_records(line: str) -> None:
+    assert parse_aqn_line(line) is None

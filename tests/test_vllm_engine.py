@@ -1,7 +1,7 @@
 """The vllm rollout backend below the engine, on CPU.
 
 vLLM cannot run here (no GPU, not installed), so `FakeLLM` is a TEST DOUBLE for `vllm.LLM`: it
-implements only the surface objective/vllm_engine.py calls (apply_model, generate) on a plain HF
+implements only the surface objective/rollout/vllm_backend.py calls (apply_model, generate) on a plain HF
 Qwen2 whose attention and MLP are rebuilt with vLLM's fused modules (`qkv_proj`, `gate_up_proj`,
 the members reading slices of the fused output) and whose `load_weights` stacks HF-named q/k/v and
 gate/up tensors into them as vLLM's qwen2.py does. A fake `vllm` module supplies SamplingParams.
@@ -9,8 +9,10 @@ gate/up tensors into them as vLLM's qwen2.py does. A fake `vllm` module supplies
 
 from __future__ import annotations
 
+import itertools
 import sys
 import types
+import weakref
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,10 +25,11 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from modellib import save_random_qwen2, with_overrides
 from objective import reward as reward_mod
-from objective import run_trial, vllm_engine
+from objective import run_trial
+from objective.rollout import vllm_backend
 from objective.config import load_config
 from objective.trainer import Trainer
-from objective.vllm_sync import activation_hook_targets, vllm_module_name, vllm_state_dict
+from objective.rollout.vllm_sync import activation_hook_targets, vllm_module_name, vllm_state_dict
 from quant.model import QuantScheme, quantize_model
 from quant.noise import NoiseInjector
 
@@ -95,24 +98,64 @@ class FakeVllmQwen2(nn.Module):
         return self.hf(input_ids=ids).logits
 
 
-class FakeLLM:
-    """Stands in for vllm.LLM: apply_model and generate (no cache; raw log-probs as V1 returns)."""
+class FakeEngineCore:
+    """What LLM.llm_engine holds on the GPU (weights + KV cache): one block of a stand-in device."""
 
-    def __init__(self, model: FakeVllmQwen2) -> None:
+    def __init__(self, block: Any = None) -> None:
+        self.block = block
+
+    def shutdown(self) -> None:  # vLLM: LLMEngine.shutdown -> engine_core.shutdown frees the executor
+        self.block = None
+
+
+class FakeLLM:
+    """Stands in for vllm.LLM: apply_model, generate, reset_prefix_cache, llm_engine.shutdown.
+
+    Like vLLM: one SamplingParams is broadcast to every request; sampling draws from the engine's
+    generator (LLM(seed=...)) unless a request brings its own seed (recorded in `seeds_seen`);
+    raw log-probs as V1 returns them; a prefix cache keeps each prompt's prefill logits until
+    reset_prefix_cache(), and a hit on an entry computed before the latest weight load is counted
+    in `stale_hits` (it would serve KV of older weights).
+    """
+
+    def __init__(self, model: FakeVllmQwen2, seed: int = 0, core_block: Any = None) -> None:
         self.model = model
+        self.gen = torch.Generator().manual_seed(seed)
         self.generated: list[list[list[int]]] = []
+        self.cache: dict[tuple[int, ...], tuple[int, torch.Tensor]] = {}
+        self.cache_hits = self.stale_hits = self.resets = 0
+        self.seeds_seen: list[Any] = []
+        self.llm_engine = FakeEngineCore(core_block)
 
     def apply_model(self, fn: Any) -> list[Any]:
         return [fn(self.model)]
 
+    def reset_prefix_cache(self) -> bool:
+        self.cache.clear()
+        self.resets += 1
+        return True
+
+    def _prefill(self, ids: list[int]) -> torch.Tensor:
+        version = len(self.model.loads)  # one per weight load
+        hit = self.cache.get(tuple(ids))
+        if hit is not None:
+            self.cache_hits += 1
+            self.stale_hits += int(hit[0] != version)
+            return hit[1]
+        logits = self.model.logits(torch.tensor([ids]))[0, -1].float()
+        self.cache[tuple(ids)] = (version, logits)
+        return logits
+
     @torch.no_grad()
-    def generate(self, reqs: list[dict], params: list[Any], use_tqdm: bool = False) -> list[Any]:
+    def generate(self, reqs: list[dict], params: Any, use_tqdm: bool = False) -> list[Any]:
+        params = params if isinstance(params, list) else [params] * len(reqs)
         outs, batch = [], []
         for req, sp in zip(reqs, params):
-            g = torch.Generator().manual_seed(sp.seed)
+            self.seeds_seen.append(getattr(sp, "seed", None))
+            g = torch.Generator().manual_seed(sp.seed) if getattr(sp, "seed", None) is not None else self.gen
             ids, toks, lps = list(req["prompt_token_ids"]), [], []
-            for _ in range(sp.max_tokens):
-                logits = self.model.logits(torch.tensor([ids]))[0, -1].float()
+            for i in range(sp.max_tokens):
+                logits = self._prefill(ids) if i == 0 else self.model.logits(torch.tensor([ids]))[0, -1].float()
                 raw = torch.log_softmax(logits, -1)
                 if sp.temperature == 0:
                     tok = int(logits.argmax())
@@ -129,13 +172,13 @@ class FakeLLM:
         return outs
 
 
-def fake_engine_from(path: str) -> FakeLLM:
+def fake_engine_from(path: str, seed: int = 0, core_block: Any = None) -> FakeLLM:
     """Build the double like vLLM builds its engine: the architecture, then the checkpoint's weights."""
     src = Qwen2ForCausalLM.from_pretrained(path, local_files_only=True)
     fake = FakeVllmQwen2(src.config)
     fake.load_weights(src.state_dict().items())
     fake.loads.clear()
-    return FakeLLM(fake)
+    return FakeLLM(fake, seed=seed, core_block=core_block)
 
 
 @pytest.fixture
@@ -147,10 +190,10 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> list[FakeLLM]:
     engines: list[FakeLLM] = []
 
     def build(cfg: Any, max_model_len: int) -> FakeLLM:
-        engines.append(fake_engine_from(vllm_engine.model_dir(cfg)))
+        engines.append(fake_engine_from(vllm_backend.model_dir(cfg), seed=cfg.seed))
         return engines[-1]
 
-    monkeypatch.setattr(vllm_engine, "build_engine", build)
+    monkeypatch.setattr(vllm_backend, "build_engine", build)
     return engines
 
 
@@ -229,7 +272,7 @@ def test_w4a4_hooks_on_fused_modules_match_with_an_untrained_adapter_and_drift_a
         model, handle, inj = policy(QuantScheme.w4a4("mxfp4"), lora_b_zero=lora_b_zero)
         fake = FakeVllmQwen2(Qwen2Config(**CFG))
         targets = activation_hook_targets(handle.module_names, handle.excluded_names)
-        assert vllm_engine.register_activation_hooks(fake, targets, "mxfp4") == 8
+        assert vllm_backend.register_activation_hooks(fake, targets, "mxfp4") == 8
         with torch.no_grad(), inj.rollout():
             ref = model(input_ids=IDS).logits
             fake.load_weights(vllm_state_dict(model, inj).items())
@@ -244,7 +287,7 @@ def test_w4a4_hooks_on_fused_modules_match_with_an_untrained_adapter_and_drift_a
 def test_missing_hook_target_is_an_error() -> None:
     # a layout the mapping did not foresee must not silently serve A16
     with pytest.raises(RuntimeError, match="no module model.layers.2.self_attn.qkv_proj"):
-        vllm_engine.register_activation_hooks(FakeVllmQwen2(Qwen2Config(**CFG)), ["model.layers.2.self_attn.qkv_proj"], "mxfp4")
+        vllm_backend.register_activation_hooks(FakeVllmQwen2(Qwen2Config(**CFG)), ["model.layers.2.self_attn.qkv_proj"], "mxfp4")
 
 
 # ---- the trainer's vllm path, end to end through the double ---------------------------------
@@ -254,7 +297,9 @@ def _norms(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def test_trainer_pushes_noisy_norms_each_step_and_hooks_once(model_dir: Path, fake_vllm: list[FakeLLM],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reward_mod, "gsm8k_strict_score", lambda response, truth: float(len(response) % 2))
+    # rewards 0, 1, 0, 1, ... in scoring order: every group is informative, so the gradient is not 0
+    calls = itertools.count()
+    monkeypatch.setattr(reward_mod, "gsm8k_strict_score", lambda response, truth: float(next(calls) % 2))
     cfg = load_config(trial_cfg(model_dir, quant={"format": "mxfp4", "mode": "w4a4"},
                                 noise={"enabled": True}, steps={"total": 2, "val_at": [0, 2]}))
     trainer = Trainer(cfg)
@@ -275,7 +320,8 @@ def test_trainer_pushes_noisy_norms_each_step_and_hooks_once(model_dir: Path, fa
             pushed = _norms(fake.loads[-1])
             for k, v in pushed.items():
                 assert torch.equal(v, noisy_seen[-1][k]) and not torch.equal(v, clean[k])
-            assert m["train/loss"] != 0.0
+            # GRPO's loss at ratio 1 is the mean advantage, 0 up to rounding: the gradient is the signal
+            assert m["train/grad_norm"] > 0
         assert len(fake.loads) == 2 and len(fake.loads[0]) > len(fake.loads[1])  # full, then changing only
         assert any(not torch.equal(noisy_seen[0][k], noisy_seen[1][k]) for k in clean)  # fresh noise per step
         # the rollout that reached the loss is what the engine generated
@@ -321,14 +367,14 @@ def test_run_trial_with_the_vllm_backend_completes(model_dir: Path, fake_vllm: l
 
 def test_engine_arguments(model_dir: Path) -> None:
     cfg = load_config(trial_cfg(model_dir, model={"dtype": "bfloat16"}))
-    kw = vllm_engine.llm_kwargs(cfg, 2048, "0.11.0")
+    kw = vllm_backend.llm_kwargs(cfg, 2048, "0.11.0")
     assert kw["enforce_eager"] is True  # the activation hooks need eager mode
     assert kw["model"] == str(model_dir) and kw["dtype"] == "bfloat16" and kw["seed"] == 3
-    assert kw["gpu_memory_utilization"] == vllm_engine.DEFAULT_GPU_MEMORY_UTILIZATION and kw["max_model_len"] == 2048
+    assert kw["gpu_memory_utilization"] == vllm_backend.DEFAULT_GPU_MEMORY_UTILIZATION and kw["max_model_len"] == 2048
     assert kw["logprobs_mode"] == "processed_logprobs"
-    assert "logprobs_mode" not in vllm_engine.llm_kwargs(cfg, 2048, "0.8.5")  # the argument did not exist yet
-    assert "logprobs_mode" not in vllm_engine.llm_kwargs(cfg, 2048, "0.10.1.dev3+gabc")
-    tiny = vllm_engine.llm_kwargs(load_config({"rollout": {"backend": "vllm"}}), 64, "0.11.0")
+    assert "logprobs_mode" not in vllm_backend.llm_kwargs(cfg, 2048, "0.8.5")  # the argument did not exist yet
+    assert "logprobs_mode" not in vllm_backend.llm_kwargs(cfg, 2048, "0.10.1.dev3+gabc")
+    tiny = vllm_backend.llm_kwargs(load_config({"rollout": {"backend": "vllm"}}), 64, "0.11.0")
     assert (Path(tiny["model"]) / "config.json").is_file()
 
 
@@ -347,3 +393,148 @@ def test_linear_noise_on_vllm_is_refused_before_loading(model_dir: Path, fake_vl
     with pytest.raises(ValueError, match="^noise.site: 'linear' cannot run on rollout.backend=vllm"):
         run_trial(trial_cfg(model_dir, noise={"enabled": True, "site": "linear"}))
     assert fake_vllm == []
+
+
+# ---- prefix cache, seeds ----------------------------------------------------------------------
+def test_prefix_cache_is_reset_after_every_sync_so_no_stale_kv_is_served(
+        model_dir: Path, fake_vllm: list[FakeLLM], monkeypatch: pytest.MonkeyPatch) -> None:
+    res = run_trial(trial_cfg(model_dir))
+    assert res.status == "complete", res.reason
+    (engine,) = fake_vllm
+    assert engine.resets == len(engine.model.loads) == 4  # validation 0, steps 1 and 2, validation 2
+    assert engine.cache_hits > 0 and engine.stale_hits == 0  # a group's copies share the prefill, never across syncs
+    # the control: without the reset, validation 2 is served the prefills of validation 0's weights
+    monkeypatch.setattr(vllm_backend, "reset_prefix_cache", lambda engine: None)
+    assert run_trial(trial_cfg(model_dir)).status == "complete"
+    assert fake_vllm[1].stale_hits >= 8  # the 8 validation prompts
+
+
+def test_requests_carry_no_seed_and_sampling_follows_the_engine_seed(model_dir: Path, fake_vllm: list[FakeLLM]) -> None:
+    runs = [run_trial(trial_cfg(model_dir, seed=s, steps={"total": 1, "val_at": [1]})) for s in (3, 3, 4)]
+    assert all(r.status == "complete" for r in runs)
+    assert all(e.seeds_seen and set(e.seeds_seen) == {None} for e in fake_vllm)  # the engine's generator only
+    first = [e.generated[0] for e in fake_vllm]  # step 1's samples: 2 prompts x 4
+    assert first[0] == first[1] != first[2]  # reproducible from the engine seed, and seed-dependent
+    assert len({tuple(t) for t in first[0][:4]}) > 1  # one prompt's 4 copies still differ
+
+
+# ---- memory across trials in one process (a reused Ray worker) ------------------------------
+class FakeDevice:
+    """A GPU as trials see it: a caching allocator whose reserved bytes only shrink on
+    empty_cache(), and only by blocks nothing references any more; an allocation beyond the
+    capacity raises torch.OutOfMemoryError, an engine that finds less free memory than it asks
+    for refuses to start, as vLLM does."""
+
+    class Block:
+        def __init__(self, nbytes: int) -> None:
+            self.nbytes = nbytes
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.reserved = capacity, 0
+        self.live: weakref.WeakSet[FakeDevice.Block] = weakref.WeakSet()
+
+    @property
+    def allocated(self) -> int:
+        return sum(b.nbytes for b in self.live)
+
+    def allocate(self, nbytes: int) -> FakeDevice.Block:
+        grow = max(0, self.allocated + nbytes - self.reserved)  # reuse cached space first
+        if self.reserved + grow > self.capacity:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {nbytes} bytes")
+        self.reserved += grow
+        block = FakeDevice.Block(nbytes)
+        self.live.add(block)
+        return block
+
+    def empty_cache(self) -> None:
+        self.reserved = self.allocated
+
+    def start_engine(self, nbytes: int) -> FakeDevice.Block:
+        free = self.capacity - self.reserved
+        if free < nbytes:
+            raise ValueError(f"Free memory on device ({free}) on startup is less than desired GPU memory utilization ({nbytes})")
+        return self.allocate(nbytes)
+
+
+ENGINE_BYTES, ACTIVATION_BYTES = 40, 30
+
+
+@pytest.fixture
+def device(monkeypatch: pytest.MonkeyPatch, fake_vllm: list[FakeLLM]) -> FakeDevice:
+    """Engines and training forwards take their memory from a FakeDevice of 100 bytes; the
+    backend's cache emptying goes to it. Engines are kept by weak reference only."""
+    from objective import device_memory
+    from objective import trainer as trainer_mod
+
+    dev = FakeDevice(100)
+    monkeypatch.setattr(device_memory, "empty_device_cache", dev.empty_cache)
+    engines: list[weakref.ref[FakeLLM]] = []
+
+    def build(cfg: Any, max_model_len: int) -> FakeLLM:
+        engine = fake_engine_from(vllm_backend.model_dir(cfg), seed=cfg.seed, core_block=dev.start_engine(ENGINE_BYTES))
+        engines.append(weakref.ref(engine))
+        return engine
+
+    monkeypatch.setattr(vllm_backend, "build_engine", build)
+    real = trainer_mod.Trainer.response_logp
+
+    def forward_on_device(self: Any, ro: Any) -> torch.Tensor:
+        activations = dev.allocate(ACTIVATION_BYTES)  # alive for the forward, like its activations
+        if getattr(self.cfg, "_oom", False):
+            dev.allocate(ACTIVATION_BYTES * 2)  # the next layer does not fit
+        out = real(self, ro)
+        del activations
+        return out
+
+    monkeypatch.setattr(trainer_mod.Trainer, "response_logp", forward_on_device)
+    dev.engines = engines  # type: ignore[attr-defined]
+    return dev
+
+
+def test_two_trials_in_one_process_do_not_grow_device_memory(model_dir: Path, device: FakeDevice) -> None:
+    for _ in range(2):  # the second engine starts only if the first one's 40 bytes came back
+        res = run_trial(trial_cfg(model_dir, steps={"total": 1, "val_at": [1]}))
+        assert res.status == "complete", res.reason
+        assert device.allocated == 0 and device.reserved == 0  # everything handed back
+    assert [ref() for ref in device.engines] == [None, None]  # both engines collected
+
+
+def test_out_of_memory_fails_the_trial_and_the_next_trial_gets_the_memory_back(
+        model_dir: Path, device: FakeDevice, monkeypatch: pytest.MonkeyPatch) -> None:
+    from objective.config import TrialConfig
+
+    monkeypatch.setattr(TrialConfig, "_oom", True, raising=False)
+    res = run_trial(trial_cfg(model_dir, steps={"total": 1, "val_at": [1]}))
+    assert res.status == "failed" and res.reason.startswith("out of GPU memory at step 1: OutOfMemoryError")
+    assert device.allocated == 0 and device.reserved == 0  # the frames of the failed forward are gone too
+    monkeypatch.setattr(TrialConfig, "_oom", False, raising=False)
+    ok = run_trial(trial_cfg(model_dir, steps={"total": 1, "val_at": [1]}))
+    assert ok.status == "complete", ok.reason  # its engine found the whole device free again
+
+
+def test_an_engine_that_cannot_start_for_memory_is_an_out_of_memory_failure(
+        model_dir: Path, device: FakeDevice) -> None:
+    hog = device.allocate(70)  # another tenant: the engine's 40 do not fit
+    res = run_trial(trial_cfg(model_dir))
+    assert res.status == "failed" and res.reason.startswith("out of GPU memory while loading: ValueError: Free memory")
+    del hog
+    device.empty_cache()
+    assert run_trial(trial_cfg(model_dir, steps={"total": 1, "val_at": [1]})).status == "complete"
+
+
+def test_the_old_release_order_is_what_the_device_test_catches(model_dir: Path, device: FakeDevice,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Control: emptying the cache while the engine is still referenced leaves it reserved."""
+    from objective.rollout.vllm_backend import VllmRollout
+
+    def old_close(self: VllmRollout) -> None:
+        engine, self.engine = self.engine, None
+        device.empty_cache()  # the old order: empty_cache while `engine` is still held
+        kept.append(engine)
+
+    kept: list[Any] = []
+    monkeypatch.setattr(VllmRollout, "close", old_close)
+    assert run_trial(trial_cfg(model_dir, steps={"total": 1, "val_at": [1]})).status == "complete"
+    assert device.reserved >= ENGINE_BYTES  # the first engine's memory stayed
+    second = run_trial(trial_cfg(model_dir, steps={"total": 1, "val_at": [1]}))
+    assert second.status == "failed" and second.reason.startswith("out of GPU memory")  # 40 + 40 + 30 > 100

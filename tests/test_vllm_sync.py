@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from objective.vllm_sync import vllm_state_dict
+from objective.rollout.vllm_sync import vllm_state_dict
 from quant.model import QuantScheme, quantize_model
 from quant.noise import NoiseInjector
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from objective.tasks import Example
+from objective.tasks.example import Example
 
 DEFAULT_DATA_SOURCE = "openai/gsm8k"
 

@@ -59,6 +59,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _best_lines(spec: Any, url: str, args: argparse.Namespace) -> list[str]:
+    """The answer as `noisesweep best` gives it: over replicates where the race made them."""
+    from sweep.best import best_result
+    from sweep.record import open_record
+
+    best = best_result(open_record(spec.name, url))
+    how = f"mean of {best.n_seeds} seeds" if best.n_seeds > 1 else "one seed"
+    ci = f" [95% CI {best.ci95[0]:.4f}, {best.ci95[1]:.4f}]" if best.ci95 else ""
+    lines = [
+        f"best: trial {best.trial.number}, {spec.metric} = {best.score:.4f}{ci} ({how}, chosen by {best.chosen_by})",
+        "  " + json.dumps(best.params, sort_keys=True),
+    ]
+    if best.confirmation is None:
+        lines.append(f"  (tuning seeds only: confirm it on fresh seeds with `noisesweep confirm {args.study}`)")
+    return lines
+
+
 def closing_text(summary: Any, spec: Any, url: str, args: argparse.Namespace) -> str:
     """The best config and where to go next."""
     from sweep.secrets import mask_url
@@ -76,10 +93,7 @@ def closing_text(summary: Any, spec: Any, url: str, args: argparse.Namespace) ->
     if summary.best_number is None:
         lines.append("no trial completed yet: nothing to report as best")
     else:
-        lines.append(f"best: trial {summary.best_number}, {spec.metric} = {summary.best_value:.4f}")
-        lines.append("  " + json.dumps(summary.best_params, sort_keys=True))
-        lines.append("  (one seed: confirm it on fresh seeds with "
-                     f"`noisesweep confirm {args.study}`)")
+        lines.extend(_best_lines(spec, url, args))
     storage_flag = f" --storage '{args.storage}'" if args.storage else ""
     if args.storage and mask_url(args.storage) != args.storage:
         storage_flag = ""  # never echo a password: point to the environment variable instead
