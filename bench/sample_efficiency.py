@@ -4,7 +4,7 @@ Running the real tiny trainer for 4 methods x 5 repetitions x ~30 trials is out 
 shared 2-core CPU, so the search methods run against a response surface of the tiny study's
 five knobs, with the project's real search machinery: the tiny study's SearchSpace (its
 `define`, distributions and seed configs), `SearchSpace.make_sampler` for the `prior`, `tpe` and
-`random` sampler kinds, `sweep.bridge.enqueue_seed_configs` for the SRDD-seeded search.
+`random` sampler kinds, `sweep.bookkeeping.enqueue_seed_configs` for the SRDD-seeded search.
 
 Surfaces (accuracy in points, noise added per run):
   synthetic (default): documented from DOMAIN.md "Checked on these machines" (20 GRPO steps,
@@ -172,9 +172,9 @@ def run_method(method: str, space_for: Callable[[str], Any], surface: Surface, b
     space = space_for(method)
     study = optuna.create_study(direction="maximize", sampler=space.make_sampler(rep))
     if method == "prior":
-        from sweep import bridge
+        from sweep import bookkeeping
 
-        bridge.enqueue_seed_configs(study, space.seed_configs())
+        bookkeeping.enqueue_seed_configs(study, space.seed_configs())
 
     def objective(trial: optuna.Trial) -> float:
         space.define(trial)

@@ -9,11 +9,9 @@ itself: heartbeats mark which RUNNING trials are alive, the ledger is recomputed
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -27,12 +25,14 @@ from ray.tune.stopper import Stopper
 
 from objective.result import StopTrial, TrialResult
 from quant.noise_plan import PLAN_ATTR, NoisePlan
-from sweep import bridge, outage
+from sweep import bookkeeping, bridge, outage
 from sweep.budget import Budget, ledger_of
 from sweep.racing import RacingPolicy
 from sweep.errors import UserError
 from sweep.progress import Progress, ProgressCallback
+from sweep.ray_setup import RAY_LOG_NAME, default_results_dir, ensure_ray
 from sweep.record import set_metric_name
+from sweep.schedulers import PruningPlan, build_scheduler
 from sweep.secrets import mask_url
 from sweep.storage import open_storage, study_lock
 
@@ -44,26 +44,6 @@ if TYPE_CHECKING:
 # objective_fn(config, report) -> TrialResult; config = suggested params + {PLAN_ATTR: NoisePlan dict}
 # + bridge.SEED_KEY; report(step, metrics) after each validation.
 ObjectiveFn = Callable[[dict[str, Any], Callable[[int, dict[str, float]], None]], TrialResult]
-
-
-@dataclass
-class PruningPlan:
-    """Scheduler settings: rungs are validation steps; `final_step` is never pruned."""
-
-    enabled: bool = True
-    kind: str = "asha"  # asha | median
-    rungs: list[int] = field(default_factory=lambda: [5, 10, 15])
-    grace_step: int | None = None  # None: the first rung
-    reduction_factor: float = 2.0
-    final_step: int = 20
-    # ASHA cuts a trial only when this many others already reached its rung: RL accuracy is
-    # noisy, and with one other result the cut is a coin flip on a single run.
-    min_samples: int = 3
-
-    def milestones(self) -> list[int]:
-        """Rungs ASHA may cut at: validation steps from the grace step, before the final one."""
-        grace = self.grace_step or min(self.rungs, default=self.final_step)
-        return sorted({r for r in self.rungs if grace <= r < self.final_step})
 
 
 @dataclass
@@ -188,154 +168,6 @@ def _jsonable(obj: Any) -> Any:
         return str(obj)
 
 
-class _FinalStepASHA:
-    """Factory for an ASHA that never stops a trial at/after its final step.
-
-    Tune's ASHA stops a trial once time_attr >= max_t, i.e. at the step-20 report, before the
-    objective's final result arrives; that would turn a finished trial into a 'pruned' one.
-    """
-
-    @staticmethod
-    def build(pruning: PruningPlan, direction: str, protect: Callable[[str], bool] | None = None) -> Any:
-        from ray.tune.schedulers import ASHAScheduler, TrialScheduler
-
-        class FinalStepASHA(ASHAScheduler):
-            def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-                step = result.get(bridge.STEP_KEY, 0)
-                if result.get(bridge.FINAL_KEY) or step >= pruning.final_step:
-                    return TrialScheduler.CONTINUE
-                if protect is not None and protect(trial.trial_id):
-                    return TrialScheduler.CONTINUE
-                action = super().on_trial_result(tune_controller, trial, result)
-                if action == TrialScheduler.STOP:
-                    bracket = self._trial_info.get(trial.trial_id)
-                    rung = next((rec for m, rec in bracket._rungs if step >= m), {}) if bracket else {}
-                    others = sum(1 for tid in rung if tid != trial.trial_id)
-                    if others < pruning.min_samples:
-                        self._num_stopped -= 1
-                        return TrialScheduler.CONTINUE
-                return action
-
-        milestones = pruning.milestones()
-        scheduler = FinalStepASHA(
-            time_attr=bridge.STEP_KEY,
-            metric=bridge.OBJECTIVE_KEY,
-            mode="max" if direction == "maximize" else "min",
-            max_t=pruning.final_step,
-            grace_period=min(milestones, default=1),
-            reduction_factor=pruning.reduction_factor,
-        )
-        # Tune places rungs at grace * rf^k; ours sit at the validation steps instead.
-        for bracket in scheduler._brackets:
-            bracket._rungs = [(m, {}) for m in sorted(milestones, reverse=True)]
-        return scheduler
-
-
-def build_scheduler(
-    pruning: PruningPlan, direction: str, *, protect: Callable[[str], bool] | None = None
-) -> tuple[Any, str]:
-    """ASHA or a median rule on the validation steps; FIFO when pruning is off.
-
-    `protect(trial_id)` names trials no rule may stop: the racing incumbent's replicates (a
-    noisy rung value must not cut the evidence the answer rests on).
-    """
-    from ray.tune.schedulers import FIFOScheduler, MedianStoppingRule, TrialScheduler
-
-    if not pruning.enabled:
-        return FIFOScheduler(), "nothing"
-    if pruning.kind == "asha":
-        return _FinalStepASHA.build(pruning, direction, protect), "ASHA"
-    if pruning.kind == "median":
-
-        class FinalStepMedian(MedianStoppingRule):
-            def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-                if result.get(bridge.FINAL_KEY) or result.get(bridge.STEP_KEY, 0) >= pruning.final_step:
-                    return TrialScheduler.CONTINUE
-                if protect is not None and protect(trial.trial_id):
-                    return TrialScheduler.CONTINUE
-                return super().on_trial_result(tune_controller, trial, result)
-
-        return (
-            FinalStepMedian(
-                time_attr=bridge.STEP_KEY,
-                metric=bridge.OBJECTIVE_KEY,
-                mode="max" if direction == "maximize" else "min",
-                grace_period=min(pruning.milestones(), default=pruning.final_step),
-                min_samples_required=max(pruning.min_samples, 1),
-            ),
-            "median rule",
-        )
-    raise ValueError(f"pruning.kind must be asha or median, got {pruning.kind!r}")
-
-
-RAY_LOG_NAME = "ray-driver.log"
-
-
-def route_ray_logs(log_path: Path | None) -> None:
-    """Ray's and Tune's own log records (the token-authentication notice, "Trial task failed"
-    with its traceback, "Trials did not complete") go to `log_path`, not the terminal, unless
-    NOISESWEEP_RAY_LOGS=1. The progress lines say what happened to the trials.
-
-    Why before ray.init: its notices are logged while it starts. ray.init(configure_logging=
-    True) only sets the level and format of the handlers the "ray" logger already has
-    (ray/_private/ray_logging/__init__.py `setup_logger`), so the file handler stays.
-    """
-    if log_path is None or os.environ.get("NOISESWEEP_RAY_LOGS") == "1":
-        return
-    import ray  # noqa: F401 - importing ray installs its stderr handler, which is replaced here
-
-    ray_logger = logging.getLogger("ray")
-    for handler in list(ray_logger.handlers):
-        if not isinstance(handler, logging.FileHandler):
-            ray_logger.removeHandler(handler)
-    if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == log_path.resolve()
-               for h in ray_logger.handlers):
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        ray_logger.addHandler(logging.FileHandler(log_path, encoding="utf-8", delay=True))
-    ray_logger.propagate = False
-
-
-def ensure_ray(num_cpus: int | None = None, *, log_path: Path | None = None) -> None:
-    """Connect to RAY_ADDRESS when set, else start a quiet local Ray bound to 127.0.0.1."""
-    import ray
-
-    route_ray_logs(log_path)
-    for name in ("ray.tune.analysis.experiment_analysis", "ray.tune.tune", "ray.tune"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # verbose=0 then prints no tables
-    # Trial output (model loading, library warnings) would drown the progress lines; it stays
-    # in Ray's session logs. NOISESWEEP_RAY_LOGS=1 streams it to the console again.
-    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
-                              "log_to_driver": os.environ.get("NOISESWEEP_RAY_LOGS") == "1",
-                              "configure_logging": True}
-    # Ray records the driver's command line (job table, session logs): a --storage URL with a
-    # password must not travel there.
-    sys.argv = [mask_url(a) if "://" in a else a for a in sys.argv]
-    if os.environ.get("RAY_ADDRESS"):
-        address = os.environ["RAY_ADDRESS"]
-        try:
-            ray.init(address=address, **kwargs)
-        except ConnectionError as exc:
-            # Ray 2.60 clusters started with an auth token (~/.ray/auth_token) only accept
-            # drivers that set RAY_AUTH_MODE=token; say so instead of a bare ConnectionError.
-            hint = "" if os.environ.get("RAY_AUTH_MODE") else "; if the cluster uses an auth token, set RAY_AUTH_MODE=token"
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserError(f"RAY_ADDRESS={address}: cannot connect to the Ray cluster ({first}){hint}") from None
-    else:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, _node_ip_address="127.0.0.1", **kwargs)
-
-
-def default_results_dir(study_name: str) -> Path:
-    """Ray's results live in a local folder named after the study, never the storage URL."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study_name)
-    return Path(os.environ.get("NOISESWEEP_RAY_DIR", Path(tempfile.gettempdir()) / "noisesweep-ray")) / safe
-
-
 def run_sweep(
     plan: SweepPlan,
     *,
@@ -372,7 +204,7 @@ def run_sweep(
     study = guard.blocking(lambda: optuna.create_study(
         storage=storage, study_name=plan.study_name, direction=plan.direction, load_if_exists=True
     ))
-    guard.bind(lambda w: bridge.apply_held_write(study, w), ping=lambda: study.user_attrs)
+    guard.bind(lambda w: bookkeeping.apply_held_write(study, w), ping=lambda: study.user_attrs)
     guard.blocking(lambda: check_space_unchanged(study, plan.distributions))
     out_dir = Path(results_dir) if results_dir else default_results_dir(plan.study_name)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -381,13 +213,13 @@ def run_sweep(
     def start_up() -> tuple[list[int], list[str], list[outage.HeldWrite]]:
         with study_lock(storage, plan.study_name):  # several drivers may start at once
             kept = outage.read_spool(spool_path, plan.study_name)
-            for write in kept:  # each is safe to apply twice (bridge.apply_held_write)
-                bridge.apply_held_write(study, write)
-            failed = bridge.fail_stale_trials(study, grace_period_s=grace_period)
+            for write in kept:  # each is safe to apply twice (bookkeeping.apply_held_write)
+                bookkeeping.apply_held_write(study, write)
+            failed = bookkeeping.fail_stale_trials(study, grace_period_s=grace_period)
             for key, value in plan.study_attrs.items():
                 study.set_user_attr(key, value)
             set_metric_name(study, plan.metric)
-            return failed, bridge.enqueue_seed_configs(study, plan.seed_configs), kept
+            return failed, bookkeeping.enqueue_seed_configs(study, plan.seed_configs), kept
 
     failed_stale, enqueued, replayed = guard.blocking(start_up)
     if replayed:
@@ -576,7 +408,7 @@ def _fit(plan: SweepPlan, searcher: bridge.NoisesweepSearch, scheduler: Any, pro
         ),
     )
     with warnings.catch_warnings():
-        # ask/tell drives the heartbeat ourselves (see bridge.fail_stale_trials)
+        # ask/tell drives the heartbeat ourselves (see bookkeeping.fail_stale_trials)
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
         try:
             tuner.fit()

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from sweep import bridge
+from sweep import bookkeeping, bridge
 from sweep.budget import Budget
 from sweep.storage import SafeRDBStorage, open_storage
 
@@ -161,7 +161,7 @@ def test_seed_configs_enqueued_once_however_often_built(storage):
     seeds = [("A", {"x": 0.1, "zones": "all"}), ("B", {"x": 0.2, "zones": "high"})]
     for _ in range(3):
         s = make(storage)
-        bridge.enqueue_seed_configs(s.study, seeds)
+        bookkeeping.enqueue_seed_configs(s.study, seeds)
     study = s.study
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert sorted(t.user_attrs["seed_config"] for t in waiting) == ["A", "B"]
@@ -170,7 +170,7 @@ def test_seed_configs_enqueued_once_however_often_built(storage):
     for i in range(2):
         s.suggest(f"t{i}")
         s.on_trial_complete(f"t{i}", final(0.3))
-    assert bridge.enqueue_seed_configs(study, seeds + [("C", {"x": 0.3, "zones": "all"})]) == ["C"]
+    assert bookkeeping.enqueue_seed_configs(study, seeds + [("C", {"x": 0.3, "zones": "all"})]) == ["C"]
     names = [t.user_attrs.get("seed_config") for t in study.get_trials()]
     assert sorted(n for n in names if n) == ["A", "B", "C"]
     # and plain OptunaSearch duplicates on every build
@@ -190,7 +190,7 @@ def test_stale_trials_failed_and_requeued_once(tmp_path):
     dead_params = dict(dead.params)
     live = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     storage.record_heartbeat(live._trial_id)
-    failed = bridge.fail_stale_trials(study, grace_period_s=0)
+    failed = bookkeeping.fail_stale_trials(study, grace_period_s=0)
     assert failed == [dead.number]
     states = {t.number: t.state for t in study.get_trials()}
     assert states[live.number] == TrialState.RUNNING
@@ -207,8 +207,8 @@ def test_stale_trials_failed_and_requeued_once(tmp_path):
     with storage.scoped_session() as session:
         session.query(models.TrialHeartbeatModel).update({"heartbeat": datetime.datetime(2000, 1, 1)})
         session.commit()
-    assert bridge.fail_stale_trials(study, grace_period_s=3600) == [live.number]
-    assert bridge.fail_stale_trials(study, grace_period_s=0) == []  # nothing left, no re-queue twice
+    assert bookkeeping.fail_stale_trials(study, grace_period_s=3600) == [live.number]
+    assert bookkeeping.fail_stale_trials(study, grace_period_s=0) == []  # nothing left, no re-queue twice
     assert len(study.get_trials(states=(TrialState.WAITING,))) == 2
     assert study.user_attrs["requeued_trials"] == [dead.number, live.number]
 

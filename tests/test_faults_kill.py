@@ -19,11 +19,18 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
-from optuna.trial import TrialState
-
 import faultlib
-from faultlib import Driver, assert_sound_study, clean_env, command_study, load_trials, wait_for, write_study
+import pytest
+from faultlib import (
+    Driver,
+    assert_sound_study,
+    clean_env,
+    command_study,
+    load_trials,
+    wait_for,
+    write_study,
+)
+from optuna.trial import TrialState
 
 pytestmark = pytest.mark.slow
 BUDGET = 6
@@ -112,7 +119,7 @@ def test_dead_local_driver_is_stale_at_once(tmp_path: Path):
 
     import optuna
 
-    from sweep import bridge
+    from sweep import bookkeeping
 
     dead = sp.Popen(["true"])
     dead.wait()
@@ -127,7 +134,7 @@ def test_dead_local_driver_is_stale_at_once(tmp_path: Path):
         trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
         trial.set_user_attr("driver", owner)
         numbers[tag] = trial.number
-    failed = bridge.fail_stale_trials(study, grace_period_s=3600)
+    failed = bookkeeping.fail_stale_trials(study, grace_period_s=3600)
     assert failed == [numbers["dead-here"]]
     states = {t.number: t.state for t in study.get_trials()}
     assert states[numbers["alive-here"]] == TrialState.RUNNING

@@ -253,13 +253,15 @@ def test_ray_log_records_go_to_the_log_file_not_the_terminal(tmp_path, monkeypat
     "Trial task failed" tracebacks) land in ray-driver.log; NOISESWEEP_RAY_LOGS=1 keeps them."""
     import logging
 
+    from sweep import ray_setup
+
     ray_logger = logging.getLogger("ray")
     saved = (list(ray_logger.handlers), ray_logger.propagate)
     try:
         log = tmp_path / "ray-driver.log"
         monkeypatch.delenv("NOISESWEEP_RAY_LOGS", raising=False)
-        runner.route_ray_logs(log)
-        runner.route_ray_logs(log)  # a second run in the same process adds no second handler
+        ray_setup.route_ray_logs(log)
+        ray_setup.route_ray_logs(log)  # a second run in the same process adds no second handler
         logging.getLogger("ray._private.authentication").warning("Token authentication is enabled for this Ray cluster.")
         logging.getLogger("ray.tune.execution.tune_controller").error("Trial task failed for trial trial_1")
         for h in ray_logger.handlers:
@@ -271,7 +273,7 @@ def test_ray_log_records_go_to_the_log_file_not_the_terminal(tmp_path, monkeypat
         # with NOISESWEEP_RAY_LOGS=1 Ray's handlers are left as they are
         ray_logger.handlers[:] = saved[0]
         monkeypatch.setenv("NOISESWEEP_RAY_LOGS", "1")
-        runner.route_ray_logs(tmp_path / "other.log")
+        ray_setup.route_ray_logs(tmp_path / "other.log")
         assert ray_logger.handlers == saved[0] and not (tmp_path / "other.log").exists()
     finally:
         for h in ray_logger.handlers:

@@ -8,7 +8,13 @@ import optuna
 import pytest
 
 from sweep.errors import UserError
-from sweep.storage import DEFAULT_URL, SafeRDBStorage, check_reachable, open_storage, resolve_url
+from sweep.storage import (
+    DEFAULT_URL,
+    SafeRDBStorage,
+    check_reachable,
+    open_storage,
+    resolve_url,
+)
 
 
 def test_resolution_order(monkeypatch):
@@ -71,7 +77,7 @@ def test_two_drivers_cooperate_on_postgresql(postgres, monkeypatch):
     a shared ledger, and a pickled storage that holds no password but still works."""
     import threading
 
-    from sweep import bridge
+    from sweep import bookkeeping, bridge
     from sweep.storage import study_lock
 
     url = postgres.create_database("coop")
@@ -90,8 +96,8 @@ def test_two_drivers_cooperate_on_postgresql(postgres, monkeypatch):
                                     sampler=optuna.samplers.RandomSampler(seed=len(name)))
         barrier.wait()  # both start their bookkeeping at the same moment
         with study_lock(storage, "coop"):
-            bridge.fail_stale_trials(s.study, grace_period_s=30)
-            bridge.enqueue_seed_configs(s.study, seeds)
+            bookkeeping.fail_stale_trials(s.study, grace_period_s=30)
+            bookkeeping.enqueue_seed_configs(s.study, seeds)
         searchers[name] = s
 
     threads = [threading.Thread(target=driver, args=(n,), daemon=True) for n in ("d1", "d2")]
@@ -106,7 +112,7 @@ def test_two_drivers_cooperate_on_postgresql(postgres, monkeypatch):
     d1, d2 = searchers["d1"], searchers["d2"]
     d1.suggest("t1")
     d2.suggest("t1")
-    assert bridge.fail_stale_trials(d2.study, grace_period_s=30) == []
+    assert bookkeeping.fail_stale_trials(d2.study, grace_period_s=30) == []
     running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     assert len(running) == 2
     assert {t.user_attrs["driver"]["id"] for t in running} == {d1.driver["id"], d2.driver["id"]}

@@ -33,8 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def prepare(args: argparse.Namespace) -> tuple[Any, Any, str]:
     """Validate everything before Ray starts or the study is touched: (spec, plan, url)."""
-    from sweep.preflight import preflight
     from sweep.outage import outage_window_s
+    from sweep.preflight import preflight
     from sweep.runner import plan_from_spec
     from sweep.storage import check_reachable
     from sweep.study_loader import load_study, resolve_storage
