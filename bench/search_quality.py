@@ -8,7 +8,10 @@ different sweep seeds (sampler seed and trial seed change together):
                    hand configs first), with HALF the trial budget of the others;
   2. tpe         : plain Optuna TPE, one run per config, no pruning, no hand configs;
   3. random      : random search, one run per config, no pruning, no hand configs;
-  4. hand        : the seeds' five hand configs, one run each.
+  4. hand        : the seeds' five hand configs, one run each;
+  5. ns-gp       : noisesweep's defaults with the sampler swapped for `gp-prior` (Optuna's GPSampler,
+                   noisy objective, under the same decaying SRDD prior): TPE+prior vs GP+prior;
+  6. ns-noprune  : noisesweep's defaults with pruning off: what ASHA saves, and what it costs.
 
 Each arm's answer (`noisesweep best`: replicates where they exist, else the best single run) is
 then confirmed on fresh seeds from the confirmation pool (sweep.confirm.confirm_study, top 1).
@@ -36,7 +39,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-ARMS = ("noisesweep", "tpe", "random", "hand")
+ARMS = ("noisesweep", "tpe", "random", "hand", "ns-gp", "ns-noprune")
+NOISESWEEP_ARMS = ("noisesweep", "ns-gp", "ns-noprune")
 TRIAL = [
     "objective.config.steps.total=10", "objective.config.steps.val_at=[0,5,10]",
     "objective.config.algo.prompts_per_step=8", "objective.config.algo.samples_per_prompt=8",
@@ -53,6 +57,10 @@ def arm_overrides(arm: str, rep: int) -> list[str]:
     seed = [f"sampler.seed={rep}", f"trial_seed={100 * rep}"]
     if arm == "noisesweep":
         return seed
+    if arm == "ns-gp":
+        return [*seed, "sampler.kind=gp-prior"]
+    if arm == "ns-noprune":
+        return [*seed, "pruning.enabled=false"]
     single = ["racing.enabled=false", "pruning.enabled=false"]
     if arm == "tpe":
         return [*seed, *single, "sampler.kind=tpe", "seed_configs=[]"]
@@ -78,7 +86,7 @@ def run_arm(arm: str, rep: int, budget: int, trial: list[str], confirm_seeds: in
 
     name = f"sq-{arm}-{rep}"
     spec = C.tiny_study_spec([*trial, *arm_overrides(arm, rep), f"name={name}"])
-    trials_budget = 5 if arm == "hand" else (max(budget // 2, 1) if arm == "noisesweep" else budget)
+    trials_budget = 5 if arm == "hand" else (max(budget // 2, 1) if arm in NOISESWEEP_ARMS else budget)
     plan = plan_from_spec(spec)
     plan.budget = Budget(trials=trials_budget)
     url = f"sqlite:///{workdir / f'{name}.db'}"
@@ -92,14 +100,14 @@ def run_arm(arm: str, rep: int, budget: int, trial: list[str], confirm_seeds: in
     best = best_result(record)
     conf = confirm_study(record, top=1, seeds=confirm_seeds, stream=io.StringIO())[0]
     out = {
-        "arm": arm, "rep": rep, "trials": len(trials), "trial_steps": trial_steps(trials), "cpu_hours": hours,
+        "arm": arm, "rep": rep, "trials": sum(t.state.is_finished() for t in trials), "trial_steps": trial_steps(trials), "cpu_hours": hours,
         "sweep_s": sweep_s, "chosen_trial": best.trial.number, "chosen_by": best.chosen_by, "n_seeds": best.n_seeds,
         "params": best.params, "search_score": best.search_score, "confirmed_mean": conf.mean,
         "ci_low": conf.ci_low, "ci_high": conf.ci_high, "confirm_values": conf.values,
         "confirmed_trial": conf.trial,
     }
     out["gap"] = None if conf.mean is None else out["search_score"] - conf.mean
-    print(f"search_quality: {arm} rep {rep}: {len(trials)} trials, {out['trial_steps']} trial-steps, "
+    print(f"search_quality: {arm} rep {rep}: {out['trials']} trials, {out['trial_steps']} trial-steps, "
           f"chosen {best.trial.number} by {best.chosen_by}, search {out['search_score']:.3f}, "
           f"confirmed {C.fmt(conf.mean, 3)} ({sweep_s:.0f} s)", file=sys.stderr, flush=True)
     return out
@@ -124,7 +132,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def verdict(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ns = summary.get("noisesweep")
-    others = {k: v for k, v in summary.items() if k != "noisesweep"}
+    others = {k: v for k, v in summary.items() if k not in NOISESWEEP_ARMS}
     if ns is None or not others:
         return {"best_mean": None, "half_compute": None}
     return {
@@ -133,11 +141,28 @@ def verdict(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def paired(runs: list[dict[str, Any]], a: str, b: str) -> dict[str, Any] | None:
+    """`b` against `a`, paired by repetition (same sweep seed, same trial seeds): the confirmed
+    difference b - a per repetition, its mean and 95 % CI, and b's trial-steps relative to a's."""
+    from sweep.stats import mean_ci
+
+    by = {(r["arm"], r["rep"]): r for r in runs if r["confirmed_mean"] is not None}
+    reps = sorted(rep for (arm, rep) in by if arm == a and (b, rep) in by)
+    if not reps:
+        return None
+    diffs = [by[(b, r)]["confirmed_mean"] - by[(a, r)]["confirmed_mean"] for r in reps]
+    steps_a = sum(by[(a, r)]["trial_steps"] for r in reps)
+    steps_b = sum(by[(b, r)]["trial_steps"] for r in reps)
+    mean, low, high = mean_ci(diffs)
+    return {"a": a, "b": b, "reps": len(reps), "diffs": diffs, "mean_diff": mean, "ci_low": low, "ci_high": high,
+            "steps_ratio": steps_b / steps_a if steps_a else None}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--budget", type=int, default=16, help="trials of the tpe/random arms (noisesweep gets half)")
-    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--budget", type=int, default=20, help="trials of the tpe/random arms (the noisesweep arms get half)")
+    ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--confirm-seeds", type=int, default=5)
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--json", type=Path)
@@ -170,14 +195,21 @@ def main(argv: list[str] | None = None) -> int:
         ["arm", "reps", "mean confirmed", "mean trial-steps", "mean CPU-h", "mean gap"],
         [[k, v["reps"], C.fmt(v["confirmed_mean"], 3), C.fmt(v["trial_steps"], 1), C.fmt(v["cpu_hours"], 3),
           C.fmt(v["gap"], 3)] for k, v in summary.items()]))
+    pairs = [p for p in (paired(runs, "noisesweep", "ns-gp"), paired(runs, "ns-noprune", "noisesweep")) if p]
+    if pairs:
+        print(C.render_table(
+            ["comparison", "reps", "confirmed diff (b - a) per rep", "mean diff [95% CI]", "b's trial-steps / a's"],
+            [[f"{p['b']} vs {p['a']}", p["reps"], ", ".join(f"{d:+.3f}" for d in p["diffs"]),
+              f"{C.fmt(p['mean_diff'], 3)} [{C.fmt(p['ci_low'], 3)}, {C.fmt(p['ci_high'], 3)}]",
+              C.fmt(p["steps_ratio"], 2)] for p in pairs]))
     v = verdict(summary)
     print(f"noisesweep's confirmed mean >= every other arm's: {C.fmt(v['best_mean'])}; "
           f"on <= 1/2 of tpe/random's trial-steps: {C.fmt(v['half_compute'])}")
-    print(f"settings: {'; '.join(trial)}; budget {args.budget} trials (noisesweep {max(args.budget // 2, 1)}, hand 5); "
+    print(f"settings: {'; '.join(trial)}; budget {args.budget} trials (noisesweep arms {max(args.budget // 2, 1)}, hand 5); "
           f"{args.reps} repetition(s); confirmed on {args.confirm_seeds} fresh seeds")
     C.write_json(args.json, {"settings": {"trial": trial, "budget": args.budget, "reps": args.reps,
                                           "confirm_seeds": args.confirm_seeds},
-                             "runs": runs, "summary": summary, "verdict": v, "machine": C.machine_info()})
+                             "runs": runs, "summary": summary, "verdict": v, "paired": pairs, "machine": C.machine_info()})
     return 0
 
 
