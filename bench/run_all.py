@@ -195,6 +195,23 @@ def render(results: list[dict[str, Any]], machine: dict[str, Any], quick: bool, 
     return "\n".join(lines) + "\n"
 
 
+GENERATED_SECTIONS = ("Plots", "Details (each script's own output)")
+
+
+def kept_sections(old_text: str) -> str:
+    """The `## ` sections of an earlier RESULTS.md that this script does not generate (benches run
+    on their own, such as signal, search quality and load, with their hand-written readings), so a
+    re-run replaces its own tables without dropping them."""
+    kept: list[str] = []
+    keep = False
+    for line in old_text.splitlines():
+        if line.startswith("## "):
+            keep = line[3:].strip() not in GENERATED_SECTIONS
+        if keep:
+            kept.append(line)
+    return "\n".join(kept).strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke-check sizes (a quarter hour on 2 busy cores)")
@@ -219,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
         results.append(res)
     text = render(results, machine, args.quick, time.perf_counter() - t0)
+    old = kept_sections(args.out.read_text()) if args.out.is_file() else ""
+    if old:
+        text += "\n" + old + "\n"
     args.out.write_text(text)
     (RAW / "machine.json").write_text(json.dumps(machine, indent=2))
     print(text)

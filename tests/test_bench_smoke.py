@@ -154,3 +154,14 @@ def test_run_all_rows_mark_targets_and_failures() -> None:
     clone_row, ao_row = RA.rows_for("quant_throughput", quant, quick=False)
     assert clone_row[4] == "yes" and "60 % of clone" in clone_row[3]
     assert ao_row[4] == "**no**" and ao_row[3] == "8.0x"
+
+
+def test_run_all_keeps_the_sections_it_does_not_generate() -> None:
+    old = ("# noisesweep benchmarks\n\nGenerated ...\n\n| a | b |\n\n## Signal (bench/signal.py)\n\nseed sd 3.0\n\n"
+           "## Plots\n\n![x](x.png)\n\n## Details (each script's own output)\n\n### trial_time\n\nold table\n\n"
+           "## Load (bench/load.py)\n\n| storage | trials/s |\n")
+    kept = RA.kept_sections(old)
+    assert kept.startswith("## Signal (bench/signal.py)") and "seed sd 3.0" in kept
+    assert "## Load (bench/load.py)" in kept and "| storage | trials/s |" in kept
+    assert "Plots" not in kept and "old table" not in kept and "Generated" not in kept
+    assert RA.kept_sections("# only a generated header\n\n| a |\n") == ""
