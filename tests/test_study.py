@@ -82,7 +82,7 @@ def test_shipped_tiny_study_loads(tmp_path: Path, tiny_profile: Path) -> None:
     assert (cfg.model.path, cfg.task.name, cfg.quant.format, cfg.quant.mode, cfg.quant.ste) == (
         "tiny", "tiny-arith", "mxfp4", "w4a4", True)
     assert spec.metric == "val-core/tiny-arith/acc/mean@1"
-    assert spec.rungs() == [5, 10, 15]
+    assert spec.rungs() == [15]  # the late validation steps only (StudySpec.rungs)
     assert spec.srdd_profile.num_layers == TINY_LAYERS
     assert [s.name for s in spec.seed_config_list()] == list(DEFAULT_SEED_NAMES)
     # the sizing the comment promises: 16 trials, two at a time, one thread each
@@ -106,7 +106,7 @@ def test_shipped_verl_command_study_maps_the_fork_keys() -> None:
     cmd = spec.objective.command
     assert cmd.noise_keys == "verl-fork-patched" and cmd.verify_mode == "strict"
     assert cmd.command[-1].endswith("studies/verl/e13-trial.sh") and cmd.param_map["seed"][0] == "data.seed"
-    assert spec.rungs() == [5, 10, 15]
+    assert spec.rungs() == [15]
 
 
 def test_relative_profile_resolves_against_the_study_folder(tmp_path: Path, tiny_profile: Path,
@@ -355,3 +355,19 @@ def test_a_query_string_password_in_the_study_file_is_refused(tmp_path: Path, ti
     with pytest.raises(UserError, match=r"storage:.*password") as err:
         load_study(write_study(tmp_path, tiny_profile, storage="postgresql://u@db/x?password=hunter2"))
     assert "hunter2" not in str(err.value)
+
+
+@pytest.mark.parametrize(("val_at", "configured", "expected"), [
+    ("[0,5,10,15,20]", None, [15]),            # the shipped tiny schedule: 15 >= 3/4 of 20
+    ("[0,2,4,6,8,10,12,14,16,18,20]", None, [16, 18]),
+    ("[0,10,20]", None, [10]),                 # nothing that late: the last step before the final
+    ("[0,20]", None, None),                    # only the final step: nothing to prune on
+    ("[0,5,10,15,20]", "[5,10]", [5, 10]),     # configured rungs are kept as given
+])
+def test_default_rungs_are_the_late_validation_steps(tmp_path: Path, tiny_profile: Path, val_at: str,
+                                                    configured: str | None, expected: list[int] | None) -> None:
+    overrides = [f"objective.config.steps.val_at={val_at}"]
+    if configured:
+        overrides.append(f"pruning.rungs={configured}")
+    spec = load_study(tiny_study_dir(tmp_path, tiny_profile), overrides)
+    assert spec.rungs() == expected
