@@ -141,6 +141,7 @@ def plot(trials: list[dict[str, Any]], steps: list[int], path: Path) -> Path | N
         ax.scatter([100 * t["rungs"][step] for t in trials], [100 * t["final"] for t in trials], s=14, label="one trial")
         ax.set_xlabel(f"accuracy at step {step} (%, 300 problems)")
         ax.set_title(f"rung {step}")
+        ax.grid(alpha=0.3)
     axes[0].set_ylabel("final accuracy (%, 1,000 problems)")
     fig.suptitle("Real tiny trials: rung value vs final value")
     fig.tight_layout()
