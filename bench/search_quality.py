@@ -11,7 +11,11 @@ different sweep seeds (sampler seed and trial seed change together):
   4. hand        : the seeds' five hand configs, one run each;
   5. ns-gp       : noisesweep's defaults with the sampler swapped for `gp-prior` (Optuna's GPSampler,
                    noisy objective, under the same decaying SRDD prior): TPE+prior vs GP+prior;
-  6. ns-noprune  : noisesweep's defaults with pruning off: what ASHA saves, and what it costs.
+  6. ns-noprune  : noisesweep's defaults with pruning off: what ASHA saves, and what it costs;
+  7. ns-open, ns-gp-open : the sampler comparison proper. With half the budget and the five hand
+                   configs first, arms 1 and 5 leave the sampler one or two configs to choose, so
+                   these two run without hand configs on the full budget (racing and pruning on):
+                   TPE + SRDD prior against GPSampler + the same prior, nothing else different.
 
 Each arm's answer (`noisesweep best`: replicates where they exist, else the best single run) is
 then confirmed on fresh seeds from the confirmation pool (sweep.confirm.confirm_study, top 1).
@@ -39,8 +43,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-ARMS = ("noisesweep", "tpe", "random", "hand", "ns-gp", "ns-noprune")
+ARMS = ("noisesweep", "tpe", "random", "hand", "ns-gp", "ns-noprune", "ns-open", "ns-gp-open")
 NOISESWEEP_ARMS = ("noisesweep", "ns-gp", "ns-noprune")
+SAMPLER_ARMS = ("ns-open", "ns-gp-open")
+DEFAULT_ARMS = ("noisesweep", "tpe", "random", "hand", "ns-gp", "ns-noprune", "ns-open", "ns-gp-open")
 TRIAL = [
     "objective.config.steps.total=10", "objective.config.steps.val_at=[0,5,10]",
     "objective.config.algo.prompts_per_step=8", "objective.config.algo.samples_per_prompt=8",
@@ -61,6 +67,10 @@ def arm_overrides(arm: str, rep: int) -> list[str]:
         return [*seed, "sampler.kind=gp-prior"]
     if arm == "ns-noprune":
         return [*seed, "pruning.enabled=false"]
+    if arm == "ns-open":
+        return [*seed, "seed_configs=[]"]
+    if arm == "ns-gp-open":
+        return [*seed, "seed_configs=[]", "sampler.kind=gp-prior"]
     single = ["racing.enabled=false", "pruning.enabled=false"]
     if arm == "tpe":
         return [*seed, *single, "sampler.kind=tpe", "seed_configs=[]"]
@@ -132,7 +142,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def verdict(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ns = summary.get("noisesweep")
-    others = {k: v for k, v in summary.items() if k not in NOISESWEEP_ARMS}
+    others = {k: v for k, v in summary.items() if k not in NOISESWEEP_ARMS + SAMPLER_ARMS}
     if ns is None or not others:
         return {"best_mean": None, "half_compute": None}
     return {
@@ -164,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=int, default=20, help="trials of the tpe/random arms (the noisesweep arms get half)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--confirm-seeds", type=int, default=5)
-    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--arms", default=",".join(DEFAULT_ARMS), help=f"comma list of: {', '.join(ARMS)}")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.quick:
@@ -195,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         ["arm", "reps", "mean confirmed", "mean trial-steps", "mean CPU-h", "mean gap"],
         [[k, v["reps"], C.fmt(v["confirmed_mean"], 3), C.fmt(v["trial_steps"], 1), C.fmt(v["cpu_hours"], 3),
           C.fmt(v["gap"], 3)] for k, v in summary.items()]))
-    pairs = [p for p in (paired(runs, "noisesweep", "ns-gp"), paired(runs, "ns-noprune", "noisesweep")) if p]
+    pairs = [p for p in (paired(runs, "noisesweep", "ns-gp"), paired(runs, "ns-open", "ns-gp-open"),
+                         paired(runs, "ns-noprune", "noisesweep")) if p]
     if pairs:
         print(C.render_table(
             ["comparison", "reps", "confirmed diff (b - a) per rep", "mean diff [95% CI]", "b's trial-steps / a's"],

@@ -23,6 +23,9 @@ def test_each_arm_builds_the_study_it_names(arm: str) -> None:
         assert spec.racing.enabled and spec.seed_configs == "default"
         assert spec.pruning.enabled == (arm != "ns-noprune")
         assert spec.sampler.kind == ("gp-prior" if arm == "ns-gp" else "prior")
+    elif arm in SQ.SAMPLER_ARMS:  # the sampler comparison: no hand configs, racing and pruning on
+        assert spec.racing.enabled and spec.pruning.enabled and spec.seed_configs == []
+        assert spec.sampler.kind == ("gp-prior" if arm == "ns-gp-open" else "prior")
     else:  # single runs, no pruning
         assert not spec.racing.enabled and not spec.pruning.enabled
         assert spec.sampler.kind == {"tpe": "tpe", "random": "random", "hand": "prior"}[arm]
