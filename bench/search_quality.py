@@ -9,13 +9,19 @@ different sweep seeds (sampler seed and trial seed change together):
   2. tpe         : plain Optuna TPE, one run per config, no pruning, no hand configs;
   3. random      : random search, one run per config, no pruning, no hand configs;
   4. hand        : the seeds' five hand configs, one run each;
-  5. ns-gp       : noisesweep's defaults with the sampler swapped for `gp-prior` (Optuna's GPSampler,
-                   noisy objective, under the same decaying SRDD prior): TPE+prior vs GP+prior;
+  5. ns-tpe, ns-gp : noisesweep's defaults with the sampler pinned to `prior` (TPE + the decaying
+                   SRDD prior) or `gp-prior` (Optuna's GPSampler, noisy objective, under the same
+                   prior): the sampler comparison at noisesweep's budget;
   6. ns-noprune  : noisesweep's defaults with pruning off: what ASHA saves, and what it costs;
-  7. ns-open, ns-gp-open : the sampler comparison proper. With half the budget and the five hand
-                   configs first, arms 1 and 5 leave the sampler one or two configs to choose, so
-                   these two run without hand configs on the full budget (racing and pruning on):
-                   TPE + SRDD prior against GPSampler + the same prior, nothing else different.
+  7. ns-open, ns-tpe-open, ns-gp-open : the sampler comparison proper. With half the budget and
+                   the five hand configs first, arms 1 and 5 leave the sampler one or two configs
+                   to choose, so these run without hand configs on the full budget (racing and
+                   pruning on): the defaults, then each sampler pinned;
+  8. ns-norace-open : ns-tpe-open with racing off (one run per config): what racing costs or buys.
+
+The arms that pin nothing follow the defaults of the tree they run on: in the recorded run of
+2026-12-01 (bench/RESULTS.md) the default sampler was still `prior`, so there `noisesweep` and
+`ns-open` are TPE + prior; the default is `gp-prior` since.
 
 Each arm's answer (`noisesweep best`: replicates where they exist, else the best single run) is
 then confirmed on fresh seeds from the confirmation pool (sweep.confirm.confirm_study, top 1).
@@ -43,10 +49,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-ARMS = ("noisesweep", "tpe", "random", "hand", "ns-gp", "ns-noprune", "ns-open", "ns-gp-open")
-NOISESWEEP_ARMS = ("noisesweep", "ns-gp", "ns-noprune")
-SAMPLER_ARMS = ("ns-open", "ns-gp-open")
-DEFAULT_ARMS = ("noisesweep", "tpe", "random", "hand", "ns-gp", "ns-noprune", "ns-open", "ns-gp-open")
+NOISESWEEP_ARMS = ("noisesweep", "ns-tpe", "ns-gp", "ns-noprune")  # half the budget, hand configs first
+SAMPLER_ARMS = ("ns-open", "ns-tpe-open", "ns-gp-open", "ns-norace-open")  # full budget, no hand configs
+ARMS = ("noisesweep", "tpe", "random", "hand", *NOISESWEEP_ARMS[1:], *SAMPLER_ARMS)
+DEFAULT_ARMS = ("noisesweep", "tpe", "random", "hand", "ns-tpe", "ns-noprune")
 TRIAL = [
     "objective.config.steps.total=10", "objective.config.steps.val_at=[0,5,10]",
     "objective.config.algo.prompts_per_step=8", "objective.config.algo.samples_per_prompt=8",
@@ -63,14 +69,13 @@ def arm_overrides(arm: str, rep: int) -> list[str]:
     seed = [f"sampler.seed={rep}", f"trial_seed={100 * rep}"]
     if arm == "noisesweep":
         return seed
-    if arm == "ns-gp":
-        return [*seed, "sampler.kind=gp-prior"]
-    if arm == "ns-noprune":
-        return [*seed, "pruning.enabled=false"]
-    if arm == "ns-open":
-        return [*seed, "seed_configs=[]"]
-    if arm == "ns-gp-open":
-        return [*seed, "seed_configs=[]", "sampler.kind=gp-prior"]
+    pinned = {"ns-tpe": ["sampler.kind=prior"], "ns-gp": ["sampler.kind=gp-prior"],
+              "ns-noprune": ["pruning.enabled=false"], "ns-open": ["seed_configs=[]"],
+              "ns-tpe-open": ["seed_configs=[]", "sampler.kind=prior"],
+              "ns-gp-open": ["seed_configs=[]", "sampler.kind=gp-prior"],
+              "ns-norace-open": ["seed_configs=[]", "sampler.kind=prior", "racing.enabled=false"]}
+    if arm in pinned:
+        return [*seed, *pinned[arm]]
     single = ["racing.enabled=false", "pruning.enabled=false"]
     if arm == "tpe":
         return [*seed, *single, "sampler.kind=tpe", "seed_configs=[]"]
@@ -205,8 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         ["arm", "reps", "mean confirmed", "mean trial-steps", "mean CPU-h", "mean gap"],
         [[k, v["reps"], C.fmt(v["confirmed_mean"], 3), C.fmt(v["trial_steps"], 1), C.fmt(v["cpu_hours"], 3),
           C.fmt(v["gap"], 3)] for k, v in summary.items()]))
-    pairs = [p for p in (paired(runs, "noisesweep", "ns-gp"), paired(runs, "ns-open", "ns-gp-open"),
-                         paired(runs, "ns-noprune", "noisesweep")) if p]
+    pairs = [p for p in (paired(runs, "ns-tpe", "ns-gp"), paired(runs, "ns-tpe-open", "ns-gp-open"),
+                         paired(runs, "noisesweep", "ns-gp"), paired(runs, "ns-open", "ns-gp-open"),
+                         paired(runs, "ns-noprune", "noisesweep"), paired(runs, "ns-norace-open", "ns-tpe-open"),
+                         paired(runs, "ns-norace-open", "ns-open")) if p]
     if pairs:
         print(C.render_table(
             ["comparison", "reps", "confirmed diff (b - a) per rep", "mean diff [95% CI]", "b's trial-steps / a's"],

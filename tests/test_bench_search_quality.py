@@ -22,13 +22,14 @@ def test_each_arm_builds_the_study_it_names(arm: str) -> None:
     if arm in SQ.NOISESWEEP_ARMS:  # the product's defaults, one knob changed in the variants
         assert spec.racing.enabled and spec.seed_configs == "default"
         assert spec.pruning.enabled == (arm != "ns-noprune")
-        assert spec.sampler.kind == ("gp-prior" if arm == "ns-gp" else "prior")
-    elif arm in SQ.SAMPLER_ARMS:  # the sampler comparison: no hand configs, racing and pruning on
-        assert spec.racing.enabled and spec.pruning.enabled and spec.seed_configs == []
-        assert spec.sampler.kind == ("gp-prior" if arm == "ns-gp-open" else "prior")
+        assert spec.sampler.kind == ("prior" if arm == "ns-tpe" else "gp-prior")  # gp-prior: the default
+    elif arm in SQ.SAMPLER_ARMS:  # the sampler comparison: no hand configs, pruning on
+        assert spec.pruning.enabled and spec.seed_configs == []
+        assert spec.racing.enabled == (arm != "ns-norace-open")
+        assert spec.sampler.kind == ("gp-prior" if arm in ("ns-open", "ns-gp-open") else "prior")
     else:  # single runs, no pruning
         assert not spec.racing.enabled and not spec.pruning.enabled
-        assert spec.sampler.kind == {"tpe": "tpe", "random": "random", "hand": "prior"}[arm]
+        assert spec.sampler.kind == {"tpe": "tpe", "random": "random", "hand": "gp-prior"}[arm]
         assert (spec.seed_configs == "default") == (arm == "hand")
 
 
