@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     v = verdict(summary)
     print(f"noisesweep's confirmed mean >= every other arm's: {C.fmt(v['best_mean'])}; "
           f"on <= 1/2 of tpe/random's trial-steps: {C.fmt(v['half_compute'])}")
-    print(f"settings: {'; '.join(trial)}; budget {args.budget} trials (noisesweep arms {max(args.budget // 2, 1)}, hand 5); "
+    print(f"settings: {'; '.join(trial)}; budget {args.budget} trials (tpe, random, *-open; "
+          f"noisesweep, ns-tpe, ns-gp, ns-noprune {max(args.budget // 2, 1)}; hand 5); "
           f"{args.reps} repetition(s); confirmed on {args.confirm_seeds} fresh seeds")
     C.write_json(args.json, {"settings": {"trial": trial, "budget": args.budget, "reps": args.reps,
                                           "confirm_seeds": args.confirm_seeds},

@@ -231,8 +231,8 @@ class SamplerSpec(StrictModel):
     same prior over TPE; tpe; gp; random.
 
     Why gp-prior is the default: on real tiny trials (bench/search_quality.py, bench/RESULTS.md)
-    it was never behind TPE + prior in 8 paired sweeps (5 chose the same config, 3 favoured the GP
-    by 0.6-1.1 points), and it is the noise-aware model. The evidence is weak; so is the cost
+    it was never behind TPE + prior in 12 paired sweeps (9 chose the same config, 3 favoured the
+    GP by 0.6-1.1 points), and it is the noise-aware model. The evidence is weak; so is the cost
     (~0.07 s per ask at 20 trials).
     """
 
