@@ -38,7 +38,16 @@ from ray.tune.search.optuna import OptunaSearch
 from quant.noise_plan import PLAN_ATTR
 from sweep import optuna_private, racing
 from sweep.bookkeeping import DRIVER_ATTR, apply_held_write, driver_identity, fail_stale_trials
-from sweep.budget import DRIVER_DIED, NODE_LOST, STORAGE_OUTAGE, Budget, ledger_of, trial_cost_hours
+from sweep.budget import (
+    BUDGET_SURPLUS,
+    DRIVER_DIED,
+    NODE_LOST,
+    STORAGE_OUTAGE,
+    Budget,
+    ledger_of,
+    surplus_trial,
+    trial_cost_hours,
+)
 from sweep.outage import DEFAULT_OUTAGE_S, HeldWrite, StorageGuard, is_outage_error
 
 if TYPE_CHECKING:
@@ -290,6 +299,8 @@ class NoisesweepSearch(OptunaSearch):
                 self._enqueue_replicate()
             config = super().suggest(trial_id)
             ot_trial = self._ot_trials[trial_id]
+            if self.budget is not None and self._drop_if_surplus(trial_id, ot_trial):
+                return Searcher.FINISHED
             seed = self._seed_for(ot_trial)
             if ot_trial.user_attrs.get(racing.RACING_ATTR) == "incumbent":
                 self.unprunable.add(trial_id)
@@ -305,6 +316,19 @@ class NoisesweepSearch(OptunaSearch):
         if self.progress is not None:
             self.progress.started(ot_trial.number, dict(ot_trial.params))
         return {**config, SEED_KEY: seed}
+
+    def _drop_if_surplus(self, trial_id: str, ot_trial: optuna.trial.Trial) -> bool:
+        """FAIL (not counted, never run) a trial another driver's simultaneous ask made one too
+        many (sweep.budget.surplus_trial), and end this searcher: the budget is spent."""
+        trials = self.study.get_trials(deepcopy=False)
+        if not surplus_trial(trials, ot_trial.number, self.budget.trials if self.budget else None):
+            return False
+        ot_trial.set_user_attr("fail_reason", BUDGET_SURPLUS)
+        ot_trial.set_user_attr("compute_hours", 0.0)
+        self.study.tell(ot_trial, state=TrialState.FAIL)
+        self._ot_trials.pop(trial_id, None)
+        self.stop_reason = f"trial budget reached ({self.budget.trials if self.budget else '?'}; trial {ot_trial.number} not run)"
+        return True
 
     def _seed_for(self, ot_trial: optuna.trial.Trial) -> int:
         """An enqueued replicate's own seed; with racing every new config's first tuning seed

@@ -28,6 +28,9 @@ STORAGE_OUTAGE = "storage outage while starting"
 NODE_LOST = "Ray node lost"
 # FAIL reasons that say nothing about the config: the trial is re-queued and not counted.
 NOT_COUNTED_REASONS = frozenset({DRIVER_DIED, STORAGE_OUTAGE, NODE_LOST})
+# A trial that two drivers' simultaneous asks created past the trial budget: it never ran, is not
+# counted and not re-queued (the budget is spent). See surplus_trial.
+BUDGET_SURPLUS = "budget already taken by another driver"
 
 
 def trial_cost_hours(wall_time_s: float, cpus_per_trial: float, gpus_per_trial: float) -> float:
@@ -41,8 +44,23 @@ def counts(trial: optuna.trial.FrozenTrial) -> bool:
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     if trial.state == TrialState.FAIL:
-        return trial.user_attrs.get("fail_reason") not in NOT_COUNTED_REASONS
+        reason = trial.user_attrs.get("fail_reason")
+        return reason not in NOT_COUNTED_REASONS and reason != BUDGET_SURPLUS
     return False
+
+
+def surplus_trial(trials: list[optuna.trial.FrozenTrial], number: int, budget_trials: int | None) -> bool:
+    """Is the just-created trial `number` one too many for the `trials` budget?
+
+    The launch check (Budget.launch_refusal) reads the ledger, then asks the study for a trial;
+    two drivers sharing a study can both read "one more fits" before either creates its trial.
+    The storage numbers trials uniquely, so after the ask the trial whose lower-numbered
+    counted-or-running trials already fill the budget is the surplus one, and only it.
+    """
+    if budget_trials is None:
+        return False
+    ahead = sum(1 for t in trials if t.number < number and (t.state == TrialState.RUNNING or counts(t)))
+    return ahead >= budget_trials
 
 
 @dataclass

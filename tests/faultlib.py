@@ -26,7 +26,7 @@ import yaml
 from optuna.trial import TrialState
 
 from objective.result import TrialResult
-from sweep.budget import NOT_COUNTED_REASONS
+from sweep.budget import NOT_COUNTED_REASONS, counts
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -230,11 +230,7 @@ def count_state(trials: list[optuna.trial.FrozenTrial], state: TrialState) -> in
 
 def finished(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
     """Trials that count as done work: COMPLETE, PRUNED, or FAIL for a reason of their own."""
-    return [
-        t for t in trials
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        or (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") not in NOT_COUNTED_REASONS)
-    ]
+    return [t for t in trials if counts(t)]  # sweep.budget's rule (a surplus trial never ran)
 
 
 def requeued_fails(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:

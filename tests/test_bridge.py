@@ -16,7 +16,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from sweep import bookkeeping, bridge
-from sweep.budget import Budget
+from sweep.budget import Budget, ledger_of
 from sweep.storage import SafeRDBStorage, open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -428,3 +428,19 @@ def test_racing_queues_nothing_behind_waiting_trials(storage):
     s.suggest("t3")  # queue empty now: the replicate goes in and is asked at once
     assert s.study.get_trials()[-1].user_attrs.get("replicate_of") == 0
     assert not s.study.get_trials(states=(TrialState.WAITING,))
+
+
+def test_two_drivers_racing_for_the_last_trial_run_only_one(storage, monkeypatch):
+    """Two searchers on one study both pass the launch check before either has created its trial
+    (the read-then-ask window that overshot a PostgreSQL two-driver sweep by one trial under load):
+    the later-numbered trial is failed as surplus, never launched, and not counted."""
+    a, b = make(storage, name="shared", budget=Budget(trials=1)), make(storage, name="shared", budget=Budget(trials=1))
+    monkeypatch.setattr(Budget, "launch_refusal", lambda self, ledger, running=None: None)  # both read "fits"
+    assert a.suggest("a1") is not None
+    assert b.suggest("b1") == Searcher.FINISHED
+    assert "not run" in b.stop_reason
+    first, second = a.study.get_trials()
+    assert first.state == TrialState.RUNNING and second.state == TrialState.FAIL
+    assert second.user_attrs["fail_reason"] == bridge.BUDGET_SURPLUS
+    a.on_trial_complete("a1", final(0.7))
+    assert ledger_of(a.study.get_trials()).trials == 1

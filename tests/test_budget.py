@@ -6,7 +6,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from sweep.budget import DRIVER_DIED, Budget, ledger_of, trial_cost_hours
+from sweep.budget import BUDGET_SURPLUS, DRIVER_DIED, Budget, counts, ledger_of, surplus_trial, trial_cost_hours
 
 
 def frozen(state: TrialState, hours: float | None, reason: str | None = None):
@@ -66,3 +66,25 @@ def test_ledger_of_a_real_study_sums_user_attrs(tmp_path):
     ledger = ledger_of(study.get_trials())
     assert (ledger.trials, ledger.running) == (2, 1)
     assert ledger.compute_hours == pytest.approx(0.3)
+
+
+def test_the_trial_past_the_budget_is_the_surplus_one_and_is_not_counted():
+    """Two drivers both saw "one more fits" and asked: the storage numbers their trials 5 and 6."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    for _ in range(4):
+        t = study.ask()
+        study.tell(t, 0.5)
+    died = study.ask()  # a dead driver's trial: re-queued, not counted, so it does not fill the budget
+    died.set_user_attr("fail_reason", DRIVER_DIED)
+    study.tell(died, state=TrialState.FAIL)
+    first, second = study.ask(), study.ask()  # numbers 5 and 6, both RUNNING
+    trials = study.get_trials(deepcopy=False)
+    assert not surplus_trial(trials, first.number, 5)  # 4 counted ahead of it: it fits
+    assert surplus_trial(trials, second.number, 5)  # 4 counted + 1 running ahead: one too many
+    assert not surplus_trial(trials, second.number, 6) and not surplus_trial(trials, second.number, None)
+    second.set_user_attr("fail_reason", BUDGET_SURPLUS)
+    study.tell(second, state=TrialState.FAIL)
+    study.tell(first, 0.5)
+    trials = study.get_trials(deepcopy=False)
+    assert not counts(trials[-1]) and ledger_of(trials).trials == 5
