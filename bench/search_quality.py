@@ -1,11 +1,11 @@
 """Search quality on real tiny trials: does noisesweep's answer beat plain search, confirmed on fresh seeds?
 
-Four arms, each run end to end by the product (sweep.runner.run_sweep on plan_from_spec of
+The arms, each run end to end by the product (sweep.runner.run_sweep on plan_from_spec of
 studies/tiny-mxfp4-w4a4.yaml with the real built-in tiny trainer; no surrogate), repeated with
 different sweep seeds (sampler seed and trial seed change together):
 
-  1. noisesweep  : the study's defaults (SRDD prior sampler + racing + pruning + the seeds'
-                   hand configs first), with HALF the trial budget of the others;
+  1. noisesweep  : the study's defaults (sampler under the SRDD prior + racing + pruning + the
+                   seeds' hand configs first), with HALF the trial budget of the others;
   2. tpe         : plain Optuna TPE, one run per config, no pruning, no hand configs;
   3. random      : random search, one run per config, no pruning, no hand configs;
   4. hand        : the seeds' five hand configs, one run each;
@@ -29,7 +29,7 @@ Per arm: the chosen config, its confirmed mean and 95 % CI, compute spent (trial
 CPU-hours, confirmations excluded) and the search-vs-confirmed gap. Targets: noisesweep's
 confirmed mean >= every other arm's, on <= 1/2 of their compute.
 
-The trial is reduced so the four arms fit on a shared 2-core CPU (printed and stored):
+The trial is reduced so the arms fit on a shared 2-core CPU (printed and stored):
 10 GRPO steps validated at 0/5/10, 8 prompts x 8 samples. `--quick` is a smoke run.
 
     .venv/bin/python bench/search_quality.py [--quick] [--budget N] [--reps R] [--confirm-seeds S] [--json PATH]
