@@ -512,14 +512,18 @@ DRIVER = textwrap.dedent(
 def test_sweep_shutdown_kills_trial(tmp_path: Path, sig: signal.Signals) -> None:
     """SIGTERM, Ctrl-C, even SIGKILL of the sweep process takes the trainer and its children along."""
     child_file, pid_file = tmp_path / "child.pid", tmp_path / "fake.pid"
+    # A shell runs background jobs with SIGINT ignored, and an ignored signal survives exec: a
+    # suite started with `&` would then test a driver that cannot get Ctrl-C. The default
+    # disposition is what a terminal's Ctrl-C reaches.
     driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(FAKE), str(child_file), str(pid_file)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         child, fake = int(wait_for_file(child_file)), int(wait_for_file(pid_file))
         time.sleep(0.2)
         assert pid_alive(child) and pid_alive(fake)
         driver.send_signal(sig)
-        driver.wait(timeout=30)  # generous: on a loaded 2-core CI machine 10 s once ran out
+        driver.wait(timeout=30)
     finally:
         if driver.poll() is None:
             driver.kill()
