@@ -225,6 +225,15 @@ def run_command_trial(
         lines_read = 0
         outcome: _Outcome | None = None
 
+        def keep(name: str, line: str) -> str | None:
+            """Count, tail and log one output line; the applied-noise checker's verdict on it."""
+            nonlocal lines_read
+            lines_read += 1
+            tail.append((name, line))
+            if log_fh is not None:
+                log_fh.write(line + "\n")
+            return checker.feed(line) if checker is not None else None
+
         def take_jsonl(final: bool = False) -> None:
             assert follower is not None
             for step, metrics in follower.flush() if final else follower.poll():
@@ -251,14 +260,9 @@ def run_command_trial(
                     if name is not None and line is None:
                         open_streams -= 1
                     elif line is not None:
-                        lines_read += 1
-                        tail.append((name, line))
-                        if log_fh is not None:
-                            log_fh.write(line + "\n")
-                        if checker is not None:
-                            not_applied = checker.feed(line)
-                            if not_applied is not None and mode == "strict":
-                                raise _Outcome("failed", not_applied)
+                        not_applied = keep(name, line)
+                        if not_applied is not None and mode == "strict":
+                            raise _Outcome("failed", not_applied)
                         if follower is None:
                             parsed = parse_console_line(line)
                             if parsed is not None:
@@ -296,12 +300,7 @@ def run_command_trial(
             except queue.Empty:
                 break
             if line is not None:
-                lines_read += 1
-                tail.append((name, line))
-                if log_fh is not None:
-                    log_fh.write(line + "\n")
-                if checker is not None:
-                    checker.feed(line)
+                keep(name, line)  # after the group is gone a late verdict no longer changes the outcome
         returncode = proc.returncode
         applied["exit_code"] = returncode
 
