@@ -31,6 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
+from signal_bench import pooled_sd  # noqa: E402
 
 RULES: dict[str, list[int]] = {"asha 5,10,15": [5, 10, 15], "asha 10,15": [10, 15], "asha 15": [15], "none": []}
 MIN_OTHERS = 3  # sweep.schedulers.PruningPlan.min_samples
@@ -71,9 +72,9 @@ def rung_signal(trials: list[dict[str, Any]], steps: list[int]) -> list[dict[str
         rep = [t for t in trials if t["config"] in replicated]
         rx = [t["rungs"][step] for t in rep]
         rho_mean = float(spearmanr(rx, [config_mean[t["config"]] for t in rep])[0]) if len(set(rx)) > 1 else None
-        var = [statistics.variance([t["rungs"][step] for t in v]) for v in replicated.values()]
+        sds = [{"n": len(v), "sd": statistics.stdev([t["rungs"][step] for t in v])} for v in replicated.values()]
         rows.append({"step": step, "rho_final": rho_final, "rho_config_mean": rho_mean,
-                     "seed_sd": statistics.fmean(var) ** 0.5 if var else None})
+                     "seed_sd": pooled_sd(sds) if sds else None})
     return rows
 
 

@@ -129,15 +129,14 @@ def run_design(plan: Sequence[dict[str, Any]], space: Any, out: Path, settings: 
 
 # ----------------------------------------------------------------------------- statistics
 def t_ci95(values: Sequence[float]) -> tuple[float, float]:
-    """95 % Student-t interval of the mean (NaNs for fewer than 2 values)."""
-    from scipy import stats
+    """95 % Student-t interval of the mean (sweep.stats.mean_ci; NaNs for fewer than 2 values)."""
+    from sweep.stats import mean_ci
 
-    n = len(values)
-    if n < 2:
+    if len(values) < 2:
         return (math.nan, math.nan)
-    m, sd = statistics.mean(values), statistics.stdev(values)
-    half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-    return (m - half, m + half)
+    _, low, high = mean_ci(list(values))
+    assert low is not None and high is not None  # two or more values always give an interval
+    return (low, high)
 
 
 def per_config(trials: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
