@@ -299,7 +299,7 @@ class NoisesweepSearch(OptunaSearch):
                 self._enqueue_replicate()
             config = super().suggest(trial_id)
             ot_trial = self._ot_trials[trial_id]
-            if self.budget is not None and self._drop_if_surplus(trial_id, ot_trial):
+            if self.budget is not None and self._drop_if_surplus(trial_id, ot_trial, self.budget):
                 return Searcher.FINISHED
             seed = self._seed_for(ot_trial)
             if ot_trial.user_attrs.get(racing.RACING_ATTR) == "incumbent":
@@ -317,17 +317,16 @@ class NoisesweepSearch(OptunaSearch):
             self.progress.started(ot_trial.number, dict(ot_trial.params))
         return {**config, SEED_KEY: seed}
 
-    def _drop_if_surplus(self, trial_id: str, ot_trial: optuna.trial.Trial) -> bool:
+    def _drop_if_surplus(self, trial_id: str, ot_trial: optuna.trial.Trial, budget: Budget) -> bool:
         """FAIL (not counted, never run) a trial another driver's simultaneous ask made one too
         many (sweep.budget.surplus_trial), and end this searcher: the budget is spent."""
-        trials = self.study.get_trials(deepcopy=False)
-        if not surplus_trial(trials, ot_trial.number, self.budget.trials if self.budget else None):
+        if not surplus_trial(self.study.get_trials(deepcopy=False), ot_trial.number, budget.trials):
             return False
         ot_trial.set_user_attr("fail_reason", BUDGET_SURPLUS)
         ot_trial.set_user_attr("compute_hours", 0.0)
         self.study.tell(ot_trial, state=TrialState.FAIL)
         self._ot_trials.pop(trial_id, None)
-        self.stop_reason = f"trial budget reached ({self.budget.trials if self.budget else '?'}; trial {ot_trial.number} not run)"
+        self.stop_reason = f"trial budget reached ({budget.trials}; trial {ot_trial.number} not run)"
         return True
 
     def _seed_for(self, ot_trial: optuna.trial.Trial) -> int:
